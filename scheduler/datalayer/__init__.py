@@ -1,0 +1,1 @@
+"""What the scheduler knows about the pool between requests: endpoints, metrics, in-flight load."""

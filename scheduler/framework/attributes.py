@@ -1,0 +1,26 @@
+"""Well-known per-candidate attributes written by producers and read by other plugins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scheduler.framework.types import AttrKey
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixMatch:
+    """How much of the request's prompt an endpoint likely holds in its prefix cache."""
+
+    matched_blocks: int
+    total_blocks: int
+    block_size: int
+
+    @property
+    def fraction(self) -> float:
+        return self.matched_blocks / self.total_blocks if self.total_blocks else 0.0
+
+    def uncached_tokens(self, prompt_len: int) -> int:
+        return max(0, prompt_len - self.matched_blocks * self.block_size)
+
+
+PREFIX_MATCH: AttrKey[PrefixMatch] = AttrKey("prefix-match")

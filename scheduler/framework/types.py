@@ -1,0 +1,192 @@
+"""The data the scheduler decides on: endpoints, their metrics, requests, candidates, results.
+
+Everything here is plain data. Endpoint metrics and in-flight load are immutable snapshots taken
+once per scheduling cycle, so every plugin in a cycle sees the same world. Per-candidate facts
+computed during the cycle (prefix match, predicted latency) are attached as typed attributes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar, cast
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    """One model-server replica. ``name`` is unique in the pool and used in metrics and headers."""
+
+    name: str
+    url: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointMetrics:
+    """A scraped snapshot of one model server's load (vLLM or SGLang names mapped to these)."""
+
+    waiting: int
+    running: int
+    kv_usage: float
+    """Fraction of KV-cache blocks in use, 0..1."""
+    scraped_at: float
+    """Monotonic time of the scrape, seconds."""
+    block_size: int | None = None
+    num_gpu_blocks: int | None = None
+    prefix_cache_queries: float | None = None
+    """Cumulative prompt tokens looked up in the prefix cache (counter)."""
+    prefix_cache_hits: float | None = None
+    """Cumulative prompt tokens found in the prefix cache (counter)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InflightLoad:
+    """What the gateway itself has dispatched to an endpoint and not yet seen finish.
+
+    Fresher than scraped metrics: it changes the instant a request is dispatched.
+    ``prefill_tokens`` counts uncached prompt tokens of requests that have not produced their
+    first token yet (still in prefill on the model server).
+    """
+
+    requests: int = 0
+    prefill_tokens: int = 0
+
+
+NO_INFLIGHT = InflightLoad()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Slo:
+    """Per-request latency objectives in milliseconds; ``None`` means unconstrained."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.ttft_ms is not None or self.tpot_ms is not None
+
+
+NO_SLO = Slo()
+
+
+class Api(enum.Enum):
+    COMPLETIONS = "completions"
+    CHAT = "chat"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InferenceRequest:
+    """What the scheduler knows about one client request, parsed once by the gateway."""
+
+    request_id: str
+    model: str
+    api: Api
+    prompt_tokens: Sequence[int]
+    """Token ids of the rendered prompt (approximate for chat: see gateway.tokenizer)."""
+    stream: bool
+    max_tokens: int | None = None
+    slo: Slo = NO_SLO
+    priority: int = 0
+    """Negative priority marks the request as sheddable."""
+    received_at: float = 0.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_tokens)
+
+
+class AttrKey(Generic[T]):
+    """A typed key for per-candidate attributes and per-cycle state (like aiohttp's AppKey)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"AttrKey({self.name!r})"
+
+
+class Attributes:
+    """A small typed bag: values are stored and read back under ``AttrKey[T]``."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values: dict[AttrKey[object], object] = {}
+
+    def get(self, key: AttrKey[T]) -> T | None:
+        return cast("T | None", self._values.get(cast("AttrKey[object]", key)))
+
+    def put(self, key: AttrKey[T], value: T) -> None:
+        self._values[cast("AttrKey[object]", key)] = value
+
+    def __contains__(self, key: AttrKey[T]) -> bool:
+        return cast("AttrKey[object]", key) in self._values
+
+
+class Candidate:
+    """An endpoint as seen by one scheduling cycle.
+
+    ``metrics`` is ``None`` when the endpoint's scraped metrics are missing or stale: scorers
+    treat it as unknown load.
+    """
+
+    __slots__ = ("attributes", "endpoint", "inflight", "metrics")
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        metrics: EndpointMetrics | None,
+        inflight: InflightLoad = NO_INFLIGHT,
+    ) -> None:
+        self.endpoint = endpoint
+        self.metrics = metrics
+        self.inflight = inflight
+        self.attributes = Attributes()
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    def __repr__(self) -> str:
+        return f"Candidate({self.endpoint.name!r})"
+
+
+class CycleState(Attributes):
+    """Per-request scratch state shared by the plugins of one scheduling cycle."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredCandidate:
+    candidate: Candidate
+    score: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProfileResult:
+    """A profile's choice: ``targets[0]`` is the endpoint to use, the rest are fallbacks."""
+
+    profile: str
+    targets: Sequence[Candidate]
+    scores: Mapping[str, float] = field(default_factory=dict)
+    """Final weighted score per endpoint name, for logs and debugging."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulingResult:
+    primary: ProfileResult
+    candidates: Sequence[Candidate]
+    """Every candidate of the cycle with the attributes producers attached."""
+    state: CycleState
+
+    @property
+    def target(self) -> Candidate:
+        return self.primary.targets[0]
