@@ -78,10 +78,12 @@ class SchedulerProfile:
                     f"scorer {scorer.name!r} returned {len(scores)} scores "
                     f"for {len(candidates)} candidates"
                 )
-            for i, score in enumerate(scores):
-                # NaN compares false everywhere: it lands on 0, never on 1.
-                clamped = score if 0.0 <= score <= 1.0 else (1.0 if score > 1.0 else 0.0)
-                totals[i] += weight * clamped
+            # NaN compares false everywhere: it lands on 0, never on 1. (A comprehension, not an
+            # indexed loop: this runs per candidate per scorer on every request.)
+            totals = [
+                total + weight * (s if 0.0 <= s <= 1.0 else (1.0 if s > 1.0 else 0.0))
+                for total, s in zip(totals, scores, strict=True)
+            ]
 
         scored = [ScoredCandidate(c, s) for c, s in zip(candidates, totals, strict=True)]
         started = clock()
@@ -92,5 +94,5 @@ class SchedulerProfile:
         return ProfileResult(
             profile=self.name,
             targets=targets,
-            scores={s.candidate.name: s.score for s in scored},
+            scores={c.endpoint.name: total for c, total in zip(candidates, totals, strict=True)},
         )

@@ -7,7 +7,7 @@ Writers are the gateway's background tasks (metrics scraper, model discovery) an
 Endpoint states:
 - ``up``: the last scrape succeeded and is younger than the staleness bound;
 - ``unknown``: never scraped, or the last success is stale (metrics not trusted);
-- ``down``: the last scrape or a dispatch failed to connect or got an error status.
+- ``down``: the last scrape or a dispatch could not connect (or timed out).
 Candidates are the ``up`` endpoints serving the model; only when none is up, the ``unknown``
 ones (with ``metrics=None``, so scorers treat their load as unknown). ``down`` endpoints are
 never candidates until a scrape succeeds again.
@@ -77,6 +77,12 @@ class EndpointStore:
         state = self._states.get(name)
         if state is not None:
             state.metrics = metrics
+            state.down_since = None
+
+    def mark_reachable(self, name: str) -> None:
+        """The endpoint answers, but gave no usable metrics: not down, load unknown."""
+        state = self._states.get(name)
+        if state is not None:
             state.down_since = None
 
     def mark_down(self, name: str, now: float) -> None:

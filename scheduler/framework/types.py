@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -118,16 +118,18 @@ class Attributes:
     __slots__ = ("_values",)
 
     def __init__(self) -> None:
-        self._values: dict[AttrKey[object], object] = {}
+        # Typed through the keys; no runtime ``cast`` calls: plugins call these per candidate.
+        self._values: dict[AttrKey[Any], Any] = {}
 
     def get(self, key: AttrKey[T]) -> T | None:
-        return cast("T | None", self._values.get(cast("AttrKey[object]", key)))
+        value: T | None = self._values.get(key)
+        return value
 
     def put(self, key: AttrKey[T], value: T) -> None:
-        self._values[cast("AttrKey[object]", key)] = value
+        self._values[key] = value
 
     def __contains__(self, key: AttrKey[T]) -> bool:
-        return cast("AttrKey[object]", key) in self._values
+        return key in self._values
 
 
 class Candidate:
@@ -164,8 +166,10 @@ class CycleState(Attributes):
     __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScoredCandidate:
+    # Not frozen: one is built per candidate on every request, and a frozen dataclass's
+    # __init__ (object.__setattr__ per field) costs 2.7x as much (0.23 vs 0.085 us).
     candidate: Candidate
     score: float
 

@@ -3,8 +3,33 @@
 from __future__ import annotations
 
 from scheduler.framework.registry import PluginRegistry
+from scheduler.plugins.pickers.max_score import MaxScorePicker
+from scheduler.plugins.pickers.random_pick import RandomPicker
 from scheduler.plugins.pickers.round_robin import RoundRobinPicker
+from scheduler.plugins.pickers.weighted_random import WeightedRandomPicker
+from scheduler.plugins.producers.approx_prefix import ApproxPrefixCacheProducer
+from scheduler.plugins.scorers.inflight_load import InflightLoadScorer
+from scheduler.plugins.scorers.kv_cache_utilization import KvCacheUtilizationScorer
+from scheduler.plugins.scorers.prefix_cache import PrefixCacheScorer
+from scheduler.plugins.scorers.queue import QueueScorer
+from scheduler.plugins.scorers.running_requests import RunningRequestsScorer
 
 
 def builtin_registry() -> PluginRegistry:
-    return PluginRegistry([RoundRobinPicker])
+    return PluginRegistry(
+        [
+            # producers
+            ApproxPrefixCacheProducer,
+            # scorers
+            QueueScorer,
+            KvCacheUtilizationScorer,
+            RunningRequestsScorer,
+            InflightLoadScorer,
+            PrefixCacheScorer,
+            # pickers
+            MaxScorePicker,
+            WeightedRandomPicker,
+            RandomPicker,
+            RoundRobinPicker,
+        ]
+    )

@@ -1,0 +1,149 @@
+"""The app factory: ``create_app(cfg, deps)`` wires the gateway from config and dependencies.
+
+Resources with a lifetime (the upstream client session, the control-plane session used by the
+scraper and model discovery, their background tasks) live in ``cleanup_ctx`` generators, so a
+test that builds the app gets exactly what production gets, and shutdown releases everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from config import EndpointConfig, GatewayConfig, UpstreamConfig
+from gateway.backends.discovery import run_discovery
+from gateway.backends.scraper import scrape_endpoint
+from gateway.deps import Dependencies
+from gateway.director import Director
+from gateway.keys import gateway_key
+from gateway.middlewares import make_error_middleware
+from gateway.routes import setup_routes
+from gateway.telemetry import GatewayMetrics
+from gateway.tokenizer import load_tokenizer
+from scheduler.builder import build_scheduler
+from scheduler.datalayer.store import EndpointStore
+from scheduler.framework.plugins import PluginHandle
+from scheduler.framework.types import Endpoint
+from scheduler.plugins import builtin_registry
+
+
+def endpoint_from_config(cfg: EndpointConfig) -> Endpoint:
+    parts = urlsplit(cfg.url)
+    name = cfg.name or parts.netloc
+    return Endpoint(name=name, url=cfg.url.rstrip("/"), labels=dict(cfg.labels))
+
+
+class Gateway:
+    """Everything one gateway instance owns; reachable from handlers via ``gateway_key``."""
+
+    def __init__(self, cfg: GatewayConfig, deps: Dependencies) -> None:
+        self.cfg = cfg
+        self.clock = deps.clock
+        self.started_at = int(time.time())
+        self.draining = False
+        self.engines = {endpoint_from_config(e).name: e.engine for e in cfg.pool.endpoints}
+        self.store = EndpointStore(
+            (endpoint_from_config(e) for e in cfg.pool.endpoints),
+            staleness_s=cfg.pool.staleness_ms / 1000,
+            static_models=cfg.pool.models,
+        )
+        self.metrics = GatewayMetrics(self.store, deps.clock)
+        self.scheduler = build_scheduler(
+            cfg.scheduling,
+            registry=deps.plugin_registry or builtin_registry(),
+            handle=PluginHandle(clock=deps.clock, rng=deps.rng),
+            timer=self.metrics,
+        )
+        self._session_factory = deps.session_factory
+        self._session: aiohttp.ClientSession | None = None
+        self._control_session: aiohttp.ClientSession | None = None
+        self.director = Director(
+            cfg=cfg,
+            store=self.store,
+            scheduler=self.scheduler,
+            tokenizer=deps.tokenizer or load_tokenizer(cfg.tokenizer.tokenizer),
+            session=self.session,
+            metrics=self.metrics,
+            observers=deps.observers,
+            clock=deps.clock,
+            rng=deps.rng,
+        )
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the upstream session exists only while the app runs")
+        return self._session
+
+    def control_session(self) -> aiohttp.ClientSession:
+        if self._control_session is None:
+            raise RuntimeError("the control session exists only while the app runs")
+        return self._control_session
+
+    async def sessions_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        self._session = self._session_factory(self.cfg.upstream)
+        # Scrapes and discovery get their own small pool so they never wait behind streams.
+        self._control_session = self._session_factory(
+            UpstreamConfig(
+                connect_timeout_s=self.cfg.upstream.connect_timeout_s,
+                read_idle_timeout_s=self.cfg.pool.scrape_timeout_ms / 1000,
+                max_connections=0,
+            )
+        )
+        yield
+        await self._session.close()
+        await self._control_session.close()
+        self._session = self._control_session = None
+
+    async def background_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(
+                scrape_endpoint(
+                    endpoint,
+                    engine=self.engines.get(endpoint.name, "vllm"),
+                    store=self.store,
+                    session=self.control_session,
+                    cfg=self.cfg.pool,
+                    metrics=self.metrics,
+                    clock=self.clock,
+                ),
+                name=f"scrape:{endpoint.name}",
+            )
+            for endpoint in self.store.endpoints
+        ]
+        if not self.cfg.pool.models:
+            tasks.append(
+                asyncio.create_task(
+                    run_discovery(self.store, self.control_session, self.cfg.pool),
+                    name="discovery",
+                )
+            )
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        self.draining = True
+
+
+def create_app(cfg: GatewayConfig, deps: Dependencies | None = None) -> web.Application:
+    deps = deps or Dependencies()
+    gateway = Gateway(cfg, deps)
+    app = web.Application(
+        client_max_size=cfg.server.max_body_bytes,
+        middlewares=[make_error_middleware(gateway.metrics, deps.clock)],
+    )
+    app[gateway_key] = gateway
+    app.cleanup_ctx.append(gateway.sessions_ctx)
+    app.cleanup_ctx.append(gateway.background_ctx)
+    app.on_shutdown.append(gateway.on_shutdown)
+    setup_routes(app)
+    return app

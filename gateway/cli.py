@@ -1,0 +1,162 @@
+"""The ``slogate`` command: ``serve`` (the gateway), ``sim`` (a simulated vLLM server), ``demo``.
+
+The subcommands and their flags are a contract other tools rely on: add, never rename.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from config import (
+    ConfigError,
+    EndpointConfig,
+    GatewayConfig,
+    SchedulingConfig,
+    load_config,
+    preset_names,
+)
+from config.loader import check_scheduling
+from gateway.app import create_app
+from gateway.logs import configure_logging
+
+logger = logging.getLogger(__name__)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when it is installed, the stdlib loop otherwise: the one place the loop is chosen."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def parse_endpoint(value: str) -> EndpointConfig:
+    """``URL`` or ``NAME=URL``."""
+    name, sep, url = value.partition("=")
+    if not sep:
+        name, url = "", value
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an http(s) URL (or NAME=URL)")
+    return EndpointConfig(url=url, name=name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slogate",
+        description="LLM inference gateway that routes each request to the fastest replica.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="YAML configuration file")
+    serve.add_argument(
+        "--endpoint",
+        action="append",
+        type=parse_endpoint,
+        default=[],
+        metavar="URL",
+        help="a model server (repeatable; NAME=URL names it); adds to the config's endpoints",
+    )
+    serve.add_argument("--preset", help=f"scheduling preset: {', '.join(preset_names())}")
+    serve.add_argument("--host", help="listen address (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="listen port (default 8080)")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+
+    sim = sub.add_parser("sim", help="run one simulated vLLM model server")
+    from loadtest.sim.cli import add_sim_arguments
+
+    add_sim_arguments(sim)
+
+    demo = sub.add_parser("demo", help="run the gateway on a simulated fleet and show it working")
+    demo.add_argument("--pods", type=int, default=4, help="simulated pods (default 4)")
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: Ctrl-C)",
+    )
+    demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+    demo.add_argument("--preset", help="scheduling preset (default: the default preset)")
+    return parser
+
+
+def serve_config(args: argparse.Namespace) -> GatewayConfig:
+    cfg = load_config(args.config)
+    if args.endpoint:
+        pool = dataclasses.replace(cfg.pool, endpoints=(*cfg.pool.endpoints, *args.endpoint))
+        cfg = dataclasses.replace(cfg, pool=pool)
+    if args.preset:
+        cfg = dataclasses.replace(cfg, scheduling=SchedulingConfig(preset=args.preset))
+    server = cfg.server
+    if args.host:
+        server = dataclasses.replace(server, host=args.host)
+    if args.port is not None:
+        server = dataclasses.replace(server, port=args.port)
+    cfg = dataclasses.replace(cfg, server=server)
+    if args.log_level:
+        cfg = dataclasses.replace(
+            cfg, logging=dataclasses.replace(cfg.logging, level=args.log_level)
+        )
+    # Re-validate the assembled config: overrides must obey the same rules as the file.
+    check_scheduling(cfg.scheduling, "scheduling")
+    if not cfg.pool.endpoints:
+        raise ConfigError("pool.endpoints", [], "no endpoints: give --endpoint URL or a config")
+    return cfg
+
+
+def run_gateway(cfg: GatewayConfig) -> None:
+    configure_logging(cfg.logging.level, cfg.logging.format)
+    app = create_app(cfg)
+    logger.info(
+        "gateway.start",
+        extra={
+            "host": cfg.server.host,
+            "port": cfg.server.port,
+            "endpoints": [e.url for e in cfg.pool.endpoints],
+        },
+    )
+    web.run_app(
+        app,
+        host=cfg.server.host,
+        port=cfg.server.port,
+        loop=new_event_loop(),
+        handler_cancellation=True,
+        shutdown_timeout=cfg.server.shutdown_timeout_s,
+        access_log=logging.getLogger("slogate.access") if cfg.server.access_log else None,
+        print=None,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            run_gateway(serve_config(args))
+        elif args.command == "sim":
+            from loadtest.sim.cli import run_sim
+
+            run_sim(args)
+        elif args.command == "demo":
+            from gateway.demo import run_demo
+
+            run_demo(pods=args.pods, duration_s=args.duration, port=args.port, preset=args.preset)
+    except ConfigError as exc:
+        print(f"slogate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

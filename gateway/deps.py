@@ -1,0 +1,32 @@
+"""What the gateway needs from its environment, injected at construction.
+
+Production builds the defaults; tests pass a fake clock, a seeded RNG, a stub tokenizer.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from config import UpstreamConfig
+from gateway.proxy import make_session
+from gateway.tokenizer import Tokenizer
+from scheduler.framework.plugins import RequestObserver
+from scheduler.framework.registry import PluginRegistry
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dependencies:
+    clock: Callable[[], float] = time.monotonic
+    rng: random.Random = field(default_factory=random.Random)
+    tokenizer: Tokenizer | None = None
+    """``None``: built from ``config.tokenizer``."""
+    plugin_registry: PluginRegistry | None = None
+    """``None``: the built-in plugins."""
+    session_factory: Callable[[UpstreamConfig], aiohttp.ClientSession] = make_session
+    observers: tuple[RequestObserver, ...] = ()
+    """Extra consumers of finished-request records (e.g. a test recorder)."""

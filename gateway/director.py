@@ -1,0 +1,356 @@
+"""One inference request's story: parse -> tokenize -> schedule -> dispatch -> relay -> observe.
+
+The director owns the per-request sequence and nothing else: parsing, scheduling policy,
+header hygiene and SSE scanning live in their own modules. Every dispatched attempt ends with
+exactly one :class:`RequestRecord` published to the observers (metrics, scheduler plugins,
+the predictor's trainer), whatever happened: success, upstream failure, timeout or the client
+going away. Bookkeeping runs in ``finally`` blocks that never await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from config import GatewayConfig
+from gateway.errors import (
+    NoEndpointError,
+    NotFoundError,
+    PayloadTooLargeError,
+    SheddedError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    error_body,
+)
+from gateway.parsing import ParsedRequest, parse_request
+from gateway.proxy import REQUEST_ID_HEADER, downstream_headers, upstream_headers
+from gateway.streaming import SseScanner, scan_json_body
+from gateway.telemetry import GatewayMetrics
+from gateway.tokenizer import Tokenizer
+from scheduler.datalayer.store import EndpointStore
+from scheduler.framework.attributes import PREFIX_MATCH
+from scheduler.framework.errors import AdmissionDenied, NoCandidatesError
+from scheduler.framework.plugins import Outcome, RequestObserver, RequestRecord
+from scheduler.framework.types import (
+    Api,
+    Candidate,
+    InferenceRequest,
+    SchedulingResult,
+)
+from scheduler.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+_SSE_CONTENT_TYPE = "text/event-stream"
+_CONNECT_ERRORS = (aiohttp.ClientConnectorError,)
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """Mutable measurements of one dispatch to one endpoint."""
+
+    candidate: Candidate
+    dispatched_at: float
+    scanner: SseScanner
+    status: int = 0
+    outcome: Outcome = Outcome.UPSTREAM_ERROR
+    ended: bool = False
+
+
+class Director:
+    def __init__(
+        self,
+        *,
+        cfg: GatewayConfig,
+        store: EndpointStore,
+        scheduler: Scheduler,
+        tokenizer: Tokenizer,
+        session: Callable[[], aiohttp.ClientSession],
+        metrics: GatewayMetrics,
+        observers: Sequence[RequestObserver],
+        clock: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self._cfg = cfg
+        self._store = store
+        self._scheduler = scheduler
+        self._tokenizer = tokenizer
+        self._session = session
+        self._metrics = metrics
+        self._observers: tuple[RequestObserver, ...] = (scheduler, metrics, *observers)
+        self._clock = clock
+        self._id_prefix = f"{rng.getrandbits(32):08x}-"
+        self._ids = itertools.count(1)
+
+    # -- the story ------------------------------------------------------------------------
+    async def handle(self, request: web.Request, api: Api) -> web.StreamResponse:
+        received_at = self._clock()
+        body = await self._read_body(request)
+        parsed = parse_request(body, api)
+        internal_id = f"{self._id_prefix}{next(self._ids)}"
+        client_id = request.headers.get(REQUEST_ID_HEADER) or internal_id
+        tokens = await self._tokenize(parsed)
+        ireq = InferenceRequest(
+            request_id=internal_id,
+            model=parsed.model,
+            api=api,
+            prompt_tokens=tokens,
+            stream=parsed.stream,
+            max_tokens=parsed.max_tokens,
+            received_at=received_at,
+            headers=request.headers,
+        )
+        result = self._schedule(ireq)
+        self._metrics.dispatch.observe(self._clock() - received_at)
+        return await self._dispatch(request, body, ireq, result, client_id)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self._cfg.server.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLargeError(
+                f"request body of {request.content_length} bytes exceeds the limit of {limit}"
+            )
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes") from exc
+
+    async def _tokenize(self, parsed: ParsedRequest) -> list[int]:
+        if parsed.prompt_ids is not None:
+            return parsed.prompt_ids
+        text = parsed.prompt_text or ""
+        if len(text) > self._cfg.tokenizer.thread_offload_chars:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, self._tokenizer.encode, text)
+        return self._tokenizer.encode(text)
+
+    def _schedule(self, ireq: InferenceRequest) -> SchedulingResult:
+        now = self._clock()
+        candidates = self._store.candidates(ireq.model, now)
+        if not candidates:
+            known = self._store.models()
+            if known and ireq.model not in known:
+                raise NotFoundError(
+                    f"The model `{ireq.model}` does not exist.",
+                    code="model_not_found",
+                    param="model",
+                )
+            raise NoEndpointError(f"no usable endpoint serves model {ireq.model!r}")
+        try:
+            result = self._scheduler.schedule(ireq, candidates)
+        except NoCandidatesError as exc:
+            raise NoEndpointError(str(exc)) from exc
+        except AdmissionDenied as exc:
+            raise SheddedError(
+                str(exc), headers={"x-llm-d-request-dropped-reason": exc.reason}
+            ) from exc
+        finally:
+            self._metrics.scheduler_e2e.observe(self._clock() - now)
+        return result
+
+    async def _dispatch(
+        self,
+        request: web.Request,
+        body: bytes,
+        ireq: InferenceRequest,
+        result: SchedulingResult,
+        client_id: str,
+    ) -> web.StreamResponse:
+        targets = result.primary.targets
+        attempts = min(len(targets), 1 + self._cfg.upstream.retries)
+        fwd_headers = upstream_headers(request.headers, client_id)
+        session = self._session()
+        for i in range(attempts):
+            if i:
+                result = replace(result, primary=replace(result.primary, targets=targets[i:]))
+            attempt = self._begin(ireq, result)
+            endpoint = attempt.candidate.endpoint
+            try:
+                upstream = await session.post(
+                    f"{endpoint.url}{request.path}", data=body, headers=fwd_headers
+                )
+            except _CONNECT_ERRORS as exc:
+                attempt.outcome = Outcome.CONNECT_ERROR
+                self._end(ireq, attempt)
+                self._store.mark_down(endpoint.name, self._clock())
+                self._metrics.upstream_errors.labels(endpoint.name, "connect").inc()
+                logger.warning(
+                    "upstream.connect_failed",
+                    extra={"request_id": client_id, "endpoint": endpoint.name, "error": str(exc)},
+                )
+                if i + 1 < attempts:
+                    continue
+                raise UpstreamError(f"could not connect to endpoint {endpoint.name}") from exc
+            except TimeoutError as exc:
+                attempt.outcome = Outcome.UPSTREAM_TIMEOUT
+                self._end(ireq, attempt)
+                self._metrics.upstream_errors.labels(endpoint.name, "timeout").inc()
+                raise UpstreamTimeoutError(
+                    f"endpoint {endpoint.name} did not answer in time"
+                ) from exc
+            except aiohttp.ClientError as exc:
+                self._end(ireq, attempt)
+                self._metrics.upstream_errors.labels(endpoint.name, "protocol").inc()
+                raise UpstreamError(f"endpoint {endpoint.name} failed: {exc}") from exc
+            except BaseException:
+                attempt.outcome = Outcome.CLIENT_DISCONNECTED
+                self._end(ireq, attempt)
+                raise
+            return await self._relay(request, ireq, attempt, upstream, client_id)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def _begin(self, ireq: InferenceRequest, result: SchedulingResult) -> _Attempt:
+        target = result.target
+        match = target.attributes.get(PREFIX_MATCH)
+        uncached = match.uncached_tokens(ireq.prompt_len) if match else ireq.prompt_len
+        self._store.inflight.dispatched(ireq.request_id, target.name, uncached)
+        self._scheduler.pre_request(ireq, result)
+        return _Attempt(candidate=target, dispatched_at=self._clock(), scanner=SseScanner())
+
+    def _first_token(self, ireq: InferenceRequest, attempt: _Attempt, now: float) -> None:
+        self._store.inflight.first_token(ireq.request_id)
+        for observer in self._observers:
+            observer.on_first_token(ireq, attempt.candidate.name, now)
+
+    def _end(self, ireq: InferenceRequest, attempt: _Attempt) -> None:
+        if attempt.ended:
+            return
+        attempt.ended = True
+        self._store.inflight.finished(ireq.request_id)
+        scanner = attempt.scanner
+        record = RequestRecord(
+            request_id=ireq.request_id,
+            model=ireq.model,
+            endpoint=attempt.candidate.name,
+            stream=ireq.stream,
+            outcome=attempt.outcome,
+            status=attempt.status,
+            prompt_tokens=ireq.prompt_len,
+            dispatched_at=attempt.dispatched_at,
+            ended_at=self._clock(),
+            first_token_at=scanner.first_token_at,
+            completion_tokens=scanner.completion_tokens,
+            cached_tokens=scanner.cached_tokens,
+        )
+        for observer in self._observers:
+            observer.on_end(ireq, record)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "request.done",
+                extra={
+                    "request_id": ireq.request_id,
+                    "endpoint": record.endpoint,
+                    "outcome": record.outcome.value,
+                    "status": record.status,
+                    "ttft_s": record.ttft_s,
+                    "tpot_s": record.tpot_s,
+                    "e2e_s": record.e2e_s,
+                    "prompt_tokens": record.prompt_tokens,
+                    "completion_tokens": record.completion_tokens,
+                },
+            )
+
+    # -- relaying ---------------------------------------------------------------------------
+    async def _relay(
+        self,
+        request: web.Request,
+        ireq: InferenceRequest,
+        attempt: _Attempt,
+        upstream: aiohttp.ClientResponse,
+        client_id: str,
+    ) -> web.StreamResponse:
+        attempt.status = upstream.status
+        headers = downstream_headers(upstream.headers, attempt.candidate.name, client_id)
+        try:
+            if upstream.content_type == _SSE_CONTENT_TYPE:
+                return await self._relay_stream(request, ireq, attempt, upstream, headers)
+            return await self._relay_body(ireq, attempt, upstream, headers)
+        finally:
+            upstream.close()
+            self._end(ireq, attempt)
+
+    async def _relay_body(
+        self,
+        ireq: InferenceRequest,
+        attempt: _Attempt,
+        upstream: aiohttp.ClientResponse,
+        headers: CIMultiDict[str],
+    ) -> web.Response:
+        try:
+            body = await upstream.read()
+        except TimeoutError as exc:
+            attempt.outcome = Outcome.UPSTREAM_TIMEOUT
+            raise UpstreamTimeoutError(
+                f"endpoint {attempt.candidate.name} stopped sending its response"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"endpoint {attempt.candidate.name} failed: {exc}") from exc
+        except BaseException:
+            attempt.outcome = Outcome.CLIENT_DISCONNECTED
+            raise
+        if upstream.status < 400:
+            scan_json_body(body, attempt.scanner)
+            attempt.outcome = Outcome.SUCCESS
+        return web.Response(status=upstream.status, body=body, headers=headers)
+
+    async def _relay_stream(
+        self,
+        request: web.Request,
+        ireq: InferenceRequest,
+        attempt: _Attempt,
+        upstream: aiohttp.ClientResponse,
+        headers: CIMultiDict[str],
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        scanner, clock, content = attempt.scanner, self._clock, upstream.content
+        try:
+            await response.prepare(request)
+            while True:
+                try:
+                    chunk = await content.readany()
+                except TimeoutError:
+                    attempt.outcome = Outcome.UPSTREAM_TIMEOUT
+                    await _end_with_error(response, "the model server stopped sending tokens")
+                    return response
+                except aiohttp.ClientError as exc:
+                    attempt.outcome = Outcome.UPSTREAM_ERROR
+                    await _end_with_error(response, f"the model server broke the stream: {exc}")
+                    return response
+                if not chunk:
+                    await response.write_eof()
+                    break
+                now = clock()
+                if scanner.feed(chunk, now):
+                    self._first_token(ireq, attempt, now)
+                if content.at_eof():
+                    # The last bytes and the end of the stream leave in one write.
+                    await response.write_eof(chunk)
+                    break
+                await response.write(chunk)
+        except ConnectionResetError:
+            attempt.outcome = Outcome.CLIENT_DISCONNECTED
+            return response
+        except BaseException:
+            attempt.outcome = Outcome.CLIENT_DISCONNECTED
+            raise
+        attempt.outcome = Outcome.SUCCESS if upstream.status < 400 else Outcome.UPSTREAM_ERROR
+        return response
+
+
+async def _end_with_error(response: web.StreamResponse, message: str) -> None:
+    """Tell a streaming client why its stream ends early, as vLLM does: an SSE error event."""
+    event = b"data: " + error_body(message, UpstreamError.type, "upstream_stream_error") + b"\n\n"
+    try:
+        await response.write(event)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass

@@ -1,0 +1,115 @@
+"""Incremental scanning of a relayed SSE stream, for measurement only.
+
+The relay forwards upstream bytes untouched; this scanner reads the same bytes to learn when
+the first generated token arrived, how many tokens came, the reported ``usage`` and whether the
+stream ended with ``[DONE]``. Events may be split across chunks or several may share a chunk.
+
+A "token event" is a ``data:`` event whose choices carry generated text: ``text`` (completions),
+``delta.content`` / ``delta.reasoning_content`` / ``delta.tool_calls`` (chat). The first chat
+chunk (``delta: {"role": "assistant", "content": ""}``) is not a token. ``usage`` reported by
+the server, when present, is exact and wins over counted events (servers may pack several
+tokens into one event).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+# A generated-text field with a non-empty string value, or a tool-call list. Escaped quotes
+# inside string values (\") cannot match: the key must be a bare quoted name.
+_TOKEN_FIELD = re.compile(
+    rb'"(?:text|content|reasoning_content)"\s*:\s*"(?!")|"tool_calls"\s*:\s*\[\s*\{'
+)
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_DONE_EVENT = re.compile(rb"^data:\s*\[DONE\]\s*$", re.MULTILINE)
+
+
+class SseScanner:
+    __slots__ = (
+        "_buffer",
+        "cached_tokens",
+        "done",
+        "first_token_at",
+        "prompt_tokens",
+        "token_events",
+        "usage_completion_tokens",
+    )
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self.first_token_at: float | None = None
+        self.token_events = 0
+        self.usage_completion_tokens: int | None = None
+        self.prompt_tokens: int | None = None
+        self.cached_tokens: int | None = None
+        self.done = False
+
+    @property
+    def completion_tokens(self) -> int:
+        if self.usage_completion_tokens is not None:
+            return self.usage_completion_tokens
+        return self.token_events
+
+    def feed(self, chunk: bytes, now: float) -> bool:
+        """Scan a relayed chunk; returns True when it held the first token event.
+
+        Works on all complete events of the chunk at once (one regex pass), decoding JSON only
+        for an event that carries ``usage``: per-event Python work is what a relay can't afford.
+        """
+        data = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._buffer = data
+            return False
+        self._buffer = data[end + 2 :]
+        block = data[:end]
+        tokens = len(_TOKEN_FIELD.findall(block))
+        if _USAGE_OBJECT.search(block):
+            for event in block.split(b"\n\n"):
+                if _USAGE_OBJECT.search(event):
+                    self._read_usage_event(event)
+        if not self.done and b"[DONE]" in block and _DONE_EVENT.search(block):
+            self.done = True
+        if not tokens:
+            return False
+        self.token_events += tokens
+        if self.first_token_at is None:
+            self.first_token_at = now
+            return True
+        return False
+
+    def _read_usage_event(self, event: bytes) -> None:
+        for line in event.split(b"\n"):
+            if line.startswith(b"data:"):
+                try:
+                    obj = orjson.loads(line[5:])
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
+                    self.read_usage(obj["usage"])
+
+    def read_usage(self, usage: dict[str, Any]) -> None:
+        completion = usage.get("completion_tokens")
+        if isinstance(completion, int):
+            self.usage_completion_tokens = completion
+        prompt = usage.get("prompt_tokens")
+        if isinstance(prompt, int):
+            self.prompt_tokens = prompt
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+            self.cached_tokens = details["cached_tokens"]
+
+
+def scan_json_body(body: bytes, scanner: SseScanner) -> None:
+    """Read ``usage`` from a non-streaming response body into ``scanner`` (best effort)."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
+        scanner.read_usage(obj["usage"])

@@ -1,0 +1,259 @@
+"""The gateway's Prometheus metrics, on the app's own registry (never the global default).
+
+Names follow llm-d where llm-d has one (``inference_objective_*``, ``inference_extension_*``,
+``inference_pool_*``), so its dashboards and the guide's verification steps work unchanged;
+the rest are ``slogate_*``. Labels stay low-cardinality: model, endpoint, status class, plugin.
+Per-endpoint and pool gauges are computed at scrape time from the endpoint store, so they cost
+nothing per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from scheduler.datalayer.store import EndpointStore, Health
+from scheduler.framework.plugins import Outcome, Plugin, RequestRecord
+from scheduler.framework.types import InferenceRequest
+
+GENERAL_BUCKETS = (
+    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20,
+    30, 45, 60, 120, 180, 240, 300, 360, 480, 600, 900, 1200, 1800, 2700, 3600,
+)  # fmt: skip
+TPOT_BUCKETS = (
+    0.0005, 0.00205, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2, 0.3, 0.4, 0.5,
+    0.6, 0.8, 1, 1.5, 2, 3, 4.5, 6, 12, 18, 24, 30, 36, 48, 60, 90, 120, 180, 270, 360,
+)  # fmt: skip
+PLUGIN_BUCKETS = (
+    0.000001, 0.000005, 0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1,
+)  # fmt: skip
+OVERHEAD_BUCKETS = (
+    0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
+)  # fmt: skip
+TOKEN_BUCKETS = (
+    1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072,
+)  # fmt: skip
+
+
+class GatewayMetrics:
+    """Owns the registry; the director and the scheduler's timer record into it."""
+
+    def __init__(self, store: EndpointStore, clock: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        model_labels = ("model_name", "target_model_name")
+        self.requests = Counter(
+            "inference_objective_request",
+            "Inference requests dispatched to an endpoint, by model.",
+            model_labels,
+            registry=r,
+        )
+        self.request_errors = Counter(
+            "inference_objective_request_error",
+            "Dispatched inference requests that did not succeed, by error code.",
+            (*model_labels, "error_code"),
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "inference_objective_request_duration_seconds",
+            "Dispatched inference request duration, receipt to last byte.",
+            model_labels,
+            buckets=GENERAL_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "inference_objective_request_ttft_seconds",
+            "Time to first token, from dispatch to the first generated token (streaming).",
+            model_labels,
+            buckets=GENERAL_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "inference_objective_request_tpot_seconds",
+            "Time per output token after the first, per request (streaming).",
+            model_labels,
+            buckets=TPOT_BUCKETS,
+            registry=r,
+        )
+        self.input_tokens = Histogram(
+            "inference_objective_input_tokens",
+            "Prompt tokens per request (the gateway's count).",
+            model_labels,
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.output_tokens = Histogram(
+            "inference_objective_output_tokens",
+            "Generated tokens per request (usage when reported, else counted events).",
+            model_labels,
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "slogate_http_requests",
+            "HTTP requests answered by the gateway, by route and status code.",
+            ("route", "code"),
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "slogate_http_request_duration_seconds",
+            "HTTP request duration at the gateway, receipt to last byte, by route and status.",
+            ("route", "code"),
+            buckets=GENERAL_BUCKETS,
+            registry=r,
+        )
+        self.dispatch = Histogram(
+            "slogate_request_dispatch_duration_seconds",
+            "Gateway time from receipt to dispatch: parse, tokenize, schedule.",
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.scheduler_e2e = Histogram(
+            "inference_extension_scheduler_e2e_duration_seconds",
+            "Scheduling cycle duration: producers, admitters, filters, scorers, picker.",
+            buckets=PLUGIN_BUCKETS,
+            registry=r,
+        )
+        self.plugin_duration = Histogram(
+            "inference_extension_plugin_duration_seconds",
+            "Duration of each plugin call.",
+            ("extension_point", "plugin_type", "plugin_name"),
+            buckets=PLUGIN_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "slogate_upstream_errors",
+            "Failures talking to an endpoint, by reason.",
+            ("endpoint", "reason"),
+            registry=r,
+        )
+        self.scrape_errors = Counter(
+            "slogate_endpoint_scrape_errors",
+            "Failed metrics scrapes, by endpoint.",
+            ("endpoint",),
+            registry=r,
+        )
+        r.register(PoolCollector(store, clock))
+        self._plugin_children: dict[tuple[str, str, str], Any] = {}
+        self._model_children: dict[str, _ModelChildren] = {}
+        self._http_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    # PluginTimer
+    def observe(self, extension_point: str, plugin: Plugin, seconds: float) -> None:
+        key = (extension_point, plugin.TYPE, plugin.name)
+        child = self._plugin_children.get(key)
+        if child is None:
+            child = self._plugin_children[key] = self.plugin_duration.labels(*key)
+        child.observe(seconds)
+
+    # RequestObserver
+    def on_first_token(self, request: InferenceRequest, endpoint: str, now: float) -> None:
+        return None
+
+    def on_end(self, request: InferenceRequest, record: RequestRecord) -> None:
+        m = self._model_children.get(record.model)
+        if m is None:
+            m = self._model_children[record.model] = _ModelChildren(self, record.model)
+        m.requests.inc()
+        if record.outcome is not Outcome.SUCCESS:
+            self.request_errors.labels(record.model, record.model, record.outcome.value).inc()
+        m.duration.observe(record.ended_at - request.received_at)
+        m.input_tokens.observe(record.prompt_tokens)
+        if record.completion_tokens:
+            m.output_tokens.observe(record.completion_tokens)
+        ttft = record.ttft_s
+        if ttft is not None:
+            m.ttft.observe(ttft)
+        tpot = record.tpot_s
+        if tpot is not None:
+            m.tpot.observe(tpot)
+
+    def http(self, route: str, code: int, seconds: float) -> None:
+        key = (route, code)
+        children = self._http_children.get(key)
+        if children is None:
+            labels = (route, str(code))
+            children = self._http_children[key] = (
+                self.http_requests.labels(*labels),
+                self.http_duration.labels(*labels),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+class _ModelChildren:
+    """Label children of one model, resolved once: ``labels()`` is costly on the hot path."""
+
+    __slots__ = ("duration", "input_tokens", "output_tokens", "requests", "tpot", "ttft")
+
+    def __init__(self, metrics: GatewayMetrics, model: str) -> None:
+        labels = (model, model)
+        self.requests = metrics.requests.labels(*labels)
+        self.duration = metrics.request_duration.labels(*labels)
+        self.input_tokens = metrics.input_tokens.labels(*labels)
+        self.output_tokens = metrics.output_tokens.labels(*labels)
+        self.ttft = metrics.ttft.labels(*labels)
+        self.tpot = metrics.tpot.labels(*labels)
+
+
+class PoolCollector(Collector):
+    """Per-endpoint and pool-wide gauges, read from the store when Prometheus scrapes."""
+
+    def __init__(self, store: EndpointStore, clock: Callable[[], float]) -> None:
+        self._store = store
+        self._clock = clock
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        store, now = self._store, self._clock()
+        inflight = GaugeMetricFamily(
+            "slogate_endpoint_inflight_requests",
+            "Requests dispatched to the endpoint and not finished.",
+            labels=("endpoint",),
+        )
+        prefill = GaugeMetricFamily(
+            "slogate_endpoint_inflight_prefill_tokens",
+            "Uncached prompt tokens dispatched to the endpoint that have not produced a token.",
+            labels=("endpoint",),
+        )
+        up = GaugeMetricFamily(
+            "slogate_endpoint_up",
+            "1 when the endpoint's metrics are fresh, 0 when stale or unknown, -1 when down.",
+            labels=("endpoint",),
+        )
+        ready = 0
+        kv: list[float] = []
+        queue: list[float] = []
+        running: list[float] = []
+        for endpoint in store.endpoints:
+            load = store.inflight.load(endpoint.name)
+            inflight.add_metric((endpoint.name,), load.requests)
+            prefill.add_metric((endpoint.name,), load.prefill_tokens)
+            health = store.health(endpoint.name, now)
+            up.add_metric((endpoint.name,), {Health.UP: 1, Health.UNKNOWN: 0}.get(health, -1))
+            if health is Health.DOWN:
+                continue
+            ready += 1
+            metrics = store.metrics(endpoint.name)
+            if health is Health.UP and metrics is not None:
+                kv.append(metrics.kv_usage)
+                queue.append(metrics.waiting)
+                running.append(metrics.running)
+        yield inflight
+        yield prefill
+        yield up
+        yield GaugeMetricFamily(
+            "inference_pool_ready_pods", "Endpoints not marked down.", value=ready
+        )
+        for name, values, doc in (
+            ("inference_pool_average_kv_cache_utilization", kv, "Mean KV-cache usage (0-1)."),
+            ("inference_pool_average_queue_size", queue, "Mean waiting requests per endpoint."),
+            ("inference_pool_average_running_requests", running, "Mean running requests."),
+        ):
+            yield GaugeMetricFamily(name, doc, value=sum(values) / len(values) if values else 0.0)

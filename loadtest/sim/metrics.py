@@ -1,0 +1,147 @@
+"""``/metrics`` in vLLM's names, read straight from the engine when scraped.
+
+The gateway scrapes every pod every 50 ms, so nothing here runs per token: a custom collector
+on the sim's own ``CollectorRegistry`` reads the engine's queue lengths, KV usage and the plain
+counters of :class:`~loadtest.sim.stats.EngineStats` only at scrape time. Custom metric
+families also mean no ``*_created`` series, and counters are named without ``_total`` so
+prometheus_client's own suffix gives exactly vLLM's exposed names
+(``vllm:prompt_tokens_total``). Every series carries ``model_name`` and ``engine="0"``,
+as vLLM V1 labels them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from loadtest.sim.engine import Engine
+from loadtest.sim.stats import FINISH_REASONS, Histogram
+
+METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+_LABELS = ("model_name", "engine")
+
+
+class SimCollector:
+    """Collects one engine's vLLM metrics (registered on the sim's own registry)."""
+
+    def __init__(self, engine: Engine, model_name: str) -> None:
+        self._engine = engine
+        self._label_values = (model_name, "0")
+        config = engine.config
+        self._cache_info_labels = {
+            "model_name": model_name,
+            "engine": "0",
+            "block_size": str(config.block_size),
+            "num_gpu_blocks": str(config.kv_blocks),
+            "num_cpu_blocks": "0",
+            "cache_dtype": "auto",
+            "enable_prefix_caching": "True",
+            "gpu_memory_utilization": "0.9",
+        }
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self._engine
+        stats = engine.stats
+        values = self._label_values
+        yield self._gauge(
+            "vllm:num_requests_running", "Requests in model execution batches.", engine.num_running
+        )
+        yield self._gauge(
+            "vllm:num_requests_waiting", "Requests waiting to be processed.", engine.num_waiting
+        )
+        yield self._gauge(
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage.",
+            engine.kv.usage,
+        )
+        info = GaugeMetricFamily(
+            "vllm:cache_config_info",
+            "Information of the LLMEngine CacheConfig",
+            labels=list(self._cache_info_labels),
+        )
+        info.add_metric(list(self._cache_info_labels.values()), 1.0)
+        yield info
+        yield self._counter(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            stats.prefix_cache_queries,
+        )
+        yield self._counter(
+            "vllm:prefix_cache_hits",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            stats.prefix_cache_hits,
+        )
+        yield self._counter(
+            "vllm:num_preemptions",
+            "Cumulative number of preemption from the engine.",
+            stats.preemptions,
+        )
+        yield self._counter(
+            "vllm:prompt_tokens", "Number of prefill tokens processed.", stats.prompt_tokens
+        )
+        yield self._counter(
+            "vllm:generation_tokens",
+            "Number of generation tokens processed.",
+            stats.generation_tokens,
+        )
+        success = CounterMetricFamily(
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            labels=[*_LABELS, "finished_reason"],
+        )
+        for reason in FINISH_REASONS:
+            success.add_metric([*values, reason], stats.finished[reason])
+        yield success
+        yield self._histogram(
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            stats.ttft_s,
+        )
+        yield self._histogram(
+            "vllm:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+            stats.inter_token_s,
+        )
+        yield self._histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.",
+            stats.e2e_s,
+        )
+
+    def _gauge(self, name: str, documentation: str, value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, documentation, labels=_LABELS)
+        family.add_metric(self._label_values, value)
+        return family
+
+    def _counter(self, name: str, documentation: str, value: float) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, documentation, labels=_LABELS)
+        family.add_metric(self._label_values, value)
+        return family
+
+    def _histogram(
+        self, name: str, documentation: str, histogram: Histogram
+    ) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(name, documentation, labels=_LABELS)
+        family.add_metric(self._label_values, histogram.cumulative(), histogram.sum)
+        return family
+
+
+def create_registry(engine: Engine, model_name: str) -> CollectorRegistry:
+    """A fresh registry holding only this engine's metrics (never the default registry)."""
+    registry = CollectorRegistry()
+    registry.register(SimCollector(engine, model_name))
+    return registry
+
+
+def render_metrics(registry: CollectorRegistry) -> bytes:
+    """Prometheus text exposition (format 0.0.4) of ``registry``."""
+    return generate_latest(registry)

@@ -1,0 +1,1 @@
+"""Data producers: attach per-candidate facts (prefix match, predictions) before scheduling."""

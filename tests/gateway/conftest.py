@@ -1,0 +1,104 @@
+"""Fixtures for gateway tests: real backends and a real gateway on loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+
+from config import (
+    EndpointConfig,
+    GatewayConfig,
+    PoolConfig,
+    SchedulingConfig,
+    ServerConfig,
+    UpstreamConfig,
+)
+from gateway.app import create_app
+from gateway.deps import Dependencies
+from loadtest.instant_backend import create_instant_app
+from scheduler.framework.plugins import RequestRecord
+from scheduler.framework.types import InferenceRequest
+
+
+@dataclass
+class Recorder:
+    """A RequestObserver that keeps what the gateway published."""
+
+    first_tokens: list[tuple[str, str]] = field(default_factory=list)
+    records: list[RequestRecord] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_first_token(self, request: InferenceRequest, endpoint: str, now: float) -> None:
+        self.first_tokens.append((request.request_id, endpoint))
+
+    def on_end(self, request: InferenceRequest, record: RequestRecord) -> None:
+        self.records.append(record)
+        self.ended.set()
+
+
+def gateway_config(
+    *urls: str,
+    preset: str = "round-robin",
+    models: tuple[str, ...] = (),
+    server: ServerConfig | None = None,
+    upstream: UpstreamConfig | None = None,
+    scrape_interval_ms: int = 50,
+) -> GatewayConfig:
+    return GatewayConfig(
+        server=server or ServerConfig(),
+        upstream=upstream or UpstreamConfig(),
+        pool=PoolConfig(
+            endpoints=tuple(EndpointConfig(url=u) for u in urls),
+            models=models,
+            scrape_interval_ms=scrape_interval_ms,
+        ),
+        scheduling=SchedulingConfig(preset=preset),
+    )
+
+
+MakeGateway = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+async def instant_backend(aiohttp_server: AiohttpServer) -> TestServer:
+    return await aiohttp_server(create_instant_app())
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def make_gateway(aiohttp_client: AiohttpClient, recorder: Recorder) -> MakeGateway:
+    async def make(
+        cfg: GatewayConfig, *, wait_ready: bool = True
+    ) -> TestClient[web.Request, web.Application]:
+        client = await aiohttp_client(create_app(cfg, Dependencies(observers=(recorder,))))
+        if wait_ready:
+            await wait_for_status(client, "/ready", 200)
+        return client
+
+    return make
+
+
+async def wait_for_status(
+    client: TestClient[web.Request, web.Application], path: str, status: int
+) -> None:
+    for _ in range(200):
+        resp = await client.get(path)
+        await resp.read()
+        if resp.status == status:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{path} never answered {status}")
+
+
+def server_url(server: TestServer) -> str:
+    return str(server.make_url("")).rstrip("/")

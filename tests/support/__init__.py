@@ -1,0 +1,1 @@
+"""Test helpers shared across packages: hand-built candidates and requests, a fake clock."""
