@@ -25,7 +25,7 @@ from gateway.keys import gateway_key
 from gateway.middlewares import make_error_middleware
 from gateway.routes import setup_routes
 from gateway.telemetry import GatewayMetrics
-from gateway.tokenizer import load_tokenizer
+from gateway.tokenizer import PromptEncoder, load_tokenizer
 from scheduler.builder import build_scheduler
 from scheduler.datalayer.store import EndpointStore
 from scheduler.framework.plugins import PluginHandle
@@ -67,7 +67,7 @@ class Gateway:
             cfg=cfg,
             store=self.store,
             scheduler=self.scheduler,
-            tokenizer=deps.tokenizer or load_tokenizer(cfg.tokenizer.tokenizer),
+            encoder=PromptEncoder(deps.tokenizer or load_tokenizer(cfg.tokenizer.tokenizer)),
             session=self.session,
             metrics=self.metrics,
             observers=deps.observers,

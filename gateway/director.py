@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import logging
 import random
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -34,7 +35,7 @@ from gateway.parsing import ParsedRequest, parse_request
 from gateway.proxy import REQUEST_ID_HEADER, downstream_headers, upstream_headers
 from gateway.streaming import SseScanner, scan_json_body
 from gateway.telemetry import GatewayMetrics
-from gateway.tokenizer import Tokenizer
+from gateway.tokenizer import PromptEncoder
 from scheduler.datalayer.store import EndpointStore
 from scheduler.framework.attributes import PREFIX_MATCH
 from scheduler.framework.errors import AdmissionDenied, NoCandidatesError
@@ -72,7 +73,7 @@ class Director:
         cfg: GatewayConfig,
         store: EndpointStore,
         scheduler: Scheduler,
-        tokenizer: Tokenizer,
+        encoder: PromptEncoder,
         session: Callable[[], aiohttp.ClientSession],
         metrics: GatewayMetrics,
         observers: Sequence[RequestObserver],
@@ -82,7 +83,7 @@ class Director:
         self._cfg = cfg
         self._store = store
         self._scheduler = scheduler
-        self._tokenizer = tokenizer
+        self._encoder = encoder
         self._session = session
         self._metrics = metrics
         self._observers: tuple[RequestObserver, ...] = (scheduler, metrics, *observers)
@@ -110,7 +111,7 @@ class Director:
         )
         result = self._schedule(ireq)
         self._metrics.dispatch.observe(self._clock() - received_at)
-        return await self._dispatch(request, body, ireq, result, client_id)
+        return await self._dispatch(request, body, ireq, result, client_id, parsed.include_usage)
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self._cfg.server.max_body_bytes
@@ -123,14 +124,13 @@ class Director:
         except web.HTTPRequestEntityTooLarge as exc:
             raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes") from exc
 
-    async def _tokenize(self, parsed: ParsedRequest) -> list[int]:
+    async def _tokenize(self, parsed: ParsedRequest) -> array[int]:
         if parsed.prompt_ids is not None:
-            return parsed.prompt_ids
-        text = parsed.prompt_text or ""
-        if len(text) > self._cfg.tokenizer.thread_offload_chars:
+            return array("I", parsed.prompt_ids)
+        if parsed.prompt_chars > self._cfg.tokenizer.thread_offload_chars:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(None, self._tokenizer.encode, text)
-        return self._tokenizer.encode(text)
+            return await loop.run_in_executor(None, self._encoder.encode, parsed.segments)
+        return self._encoder.encode(parsed.segments)
 
     def _schedule(self, ireq: InferenceRequest) -> SchedulingResult:
         now = self._clock()
@@ -163,6 +163,7 @@ class Director:
         ireq: InferenceRequest,
         result: SchedulingResult,
         client_id: str,
+        include_usage: bool,
     ) -> web.StreamResponse:
         targets = result.primary.targets
         attempts = min(len(targets), 1 + self._cfg.upstream.retries)
@@ -171,7 +172,7 @@ class Director:
         for i in range(attempts):
             if i:
                 result = replace(result, primary=replace(result.primary, targets=targets[i:]))
-            attempt = self._begin(ireq, result)
+            attempt = self._begin(ireq, result, include_usage)
             endpoint = attempt.candidate.endpoint
             try:
                 upstream = await session.post(
@@ -208,13 +209,19 @@ class Director:
         raise AssertionError("unreachable: the loop returns or raises")
 
     # -- bookkeeping ----------------------------------------------------------------------
-    def _begin(self, ireq: InferenceRequest, result: SchedulingResult) -> _Attempt:
+    def _begin(
+        self, ireq: InferenceRequest, result: SchedulingResult, expect_usage: bool
+    ) -> _Attempt:
         target = result.target
         match = target.attributes.get(PREFIX_MATCH)
         uncached = match.uncached_tokens(ireq.prompt_len) if match else ireq.prompt_len
         self._store.inflight.dispatched(ireq.request_id, target.name, uncached)
         self._scheduler.pre_request(ireq, result)
-        return _Attempt(candidate=target, dispatched_at=self._clock(), scanner=SseScanner())
+        return _Attempt(
+            candidate=target,
+            dispatched_at=self._clock(),
+            scanner=SseScanner(expect_usage=expect_usage),
+        )
 
     def _first_token(self, ireq: InferenceRequest, attempt: _Attempt, now: float) -> None:
         self._store.inflight.first_token(ireq.request_id)

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import BadRequestError
-from gateway.tokenizer import render_chat
+from gateway.tokenizer import chat_segments
 from scheduler.framework.types import Api
 
 
@@ -25,9 +25,13 @@ class ParsedRequest:
     stream: bool
     max_tokens: int | None
     include_usage: bool
-    prompt_text: str | None
-    """Text to tokenize (chat rendered to a prompt); ``None`` when ids were given."""
+    segments: list[str]
+    """The prompt as text pieces to tokenize (chat: ChatML pieces); empty when ids were given."""
     prompt_ids: list[int] | None
+
+    @property
+    def prompt_chars(self) -> int:
+        return sum(len(s) for s in self.segments)
 
 
 def parse_request(body: bytes, api: Api) -> ParsedRequest:
@@ -55,17 +59,18 @@ def parse_request(body: bytes, api: Api) -> ParsedRequest:
     if api is Api.CHAT:
         chat_max = _max_tokens(data, "max_completion_tokens")
         max_tokens = chat_max if chat_max is not None else max_tokens
-        prompt_text: str | None = _chat_prompt(data)
+        segments = _chat_prompt(data)
         prompt_ids = None
     else:
-        prompt_text, prompt_ids = _completion_prompt(_required(data, "prompt"))
+        text, prompt_ids = _completion_prompt(_required(data, "prompt"))
+        segments = [] if text is None else [text]
     return ParsedRequest(
         api=api,
         model=model,
         stream=stream,
         max_tokens=max_tokens,
         include_usage=include_usage,
-        prompt_text=prompt_text,
+        segments=segments,
         prompt_ids=prompt_ids,
     )
 
@@ -106,7 +111,7 @@ def _include_usage(options: Any) -> bool:
     return include
 
 
-def _chat_prompt(data: Mapping[str, Any]) -> str:
+def _chat_prompt(data: Mapping[str, Any]) -> list[str]:
     messages = _required(data, "messages")
     if not isinstance(messages, list) or not messages:
         raise _type_error("messages", "a non-empty array of message objects")
@@ -122,7 +127,7 @@ def _chat_prompt(data: Mapping[str, Any]) -> str:
     tools = data.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise _type_error("tools", "an array")
-    return render_chat(messages, tools)
+    return chat_segments(messages, tools)
 
 
 def _completion_prompt(prompt: Any) -> tuple[str | None, list[int] | None]:
@@ -136,13 +141,17 @@ def _completion_prompt(prompt: Any) -> tuple[str | None, list[int] | None]:
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, str) for p in prompt):
             return "".join(prompt), None
-        if all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt):
+        if all(_is_token_id(t) for t in prompt):
             return None, prompt
         if all(isinstance(p, list) and p for p in prompt) and all(
-            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for p in prompt for t in p
+            _is_token_id(t) for p in prompt for t in p
         ):
             return None, [t for p in prompt for t in p]
     raise _type_error(
         "prompt",
         "a string, an array of strings, an array of token ids or an array of token-id arrays",
     )
+
+
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 32

@@ -41,6 +41,9 @@ def make_session(cfg: UpstreamConfig) -> aiohttp.ClientSession:
     )
     return aiohttp.ClientSession(
         connector=connector,
+        # A proxy must never keep cookies: one client's upstream cookies would leak into
+        # another client's requests. (It also skips cookie work on every request.)
+        cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         timeout=request_timeout(cfg),
         skip_auto_headers=("User-Agent",),

@@ -32,13 +32,18 @@ class SseScanner:
         "_buffer",
         "cached_tokens",
         "done",
+        "expect_usage",
         "first_token_at",
         "prompt_tokens",
         "token_events",
         "usage_completion_tokens",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, expect_usage: bool = False) -> None:
+        self.expect_usage = expect_usage
+        """The client asked for ``stream_options.include_usage``: the server will report the
+        exact token count at the end, so after the first token events are only counted
+        roughly (one per ``data:`` line), which costs a fraction of recognizing them."""
         self._buffer = b""
         self.first_token_at: float | None = None
         self.token_events = 0
@@ -68,8 +73,11 @@ class SseScanner:
             return False
         self._buffer = data[end + 2 :]
         block = data[:end]
-        tokens = len(_TOKEN_FIELD.findall(block))
-        if _USAGE_OBJECT.search(block):
+        if self.expect_usage and self.first_token_at is not None:
+            tokens = block.count(b"data:")
+        else:
+            tokens = len(_TOKEN_FIELD.findall(block))
+        if b'"usage"' in block and _USAGE_OBJECT.search(block):
             for event in block.split(b"\n\n"):
                 if _USAGE_OBJECT.search(event):
                     self._read_usage_event(event)

@@ -15,6 +15,9 @@ Tokenizers:
 
 from __future__ import annotations
 
+import threading
+from array import array
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -113,17 +116,70 @@ def message_text(content: Any) -> str:
     return ""
 
 
-def render_chat(messages: Iterable[Mapping[str, Any]], tools: Sequence[Any] | None = None) -> str:
-    """Render chat messages as a ChatML prompt, ending with the assistant turn opener.
+def chat_segments(
+    messages: Iterable[Mapping[str, Any]], tools: Sequence[Any] | None = None
+) -> list[str]:
+    """Chat messages as ChatML pieces: per message a header, the content, a footer.
 
     Tool definitions come first, as most templates put them in the system preamble, so a
-    conversation that keeps its tools and grows its history keeps a stable prefix.
+    conversation that keeps its tools and grows its history keeps a stable prefix. Keeping the
+    pieces apart lets a cache reuse the tokens of every message seen before.
     """
     parts: list[str] = []
     if tools:
-        parts.append(f"<|im_start|>tools\n{orjson.dumps(tools).decode()}<|im_end|>\n")
+        parts += ["<|im_start|>tools\n", orjson.dumps(tools).decode(), "<|im_end|>\n"]
     for message in messages:
         role = message.get("role", "user")
-        parts.append(f"<|im_start|>{role}\n{message_text(message.get('content'))}<|im_end|>\n")
+        parts += [f"<|im_start|>{role}\n", message_text(message.get("content")), "<|im_end|>\n"]
     parts.append("<|im_start|>assistant\n")
-    return "".join(parts)
+    return parts
+
+
+def render_chat(messages: Iterable[Mapping[str, Any]], tools: Sequence[Any] | None = None) -> str:
+    """Chat messages rendered as one ChatML prompt, ending with the assistant turn opener."""
+    return "".join(chat_segments(messages, tools))
+
+
+class PromptEncoder:
+    """Token ids of a prompt given as text segments, with an LRU cache per segment.
+
+    Chat traffic repeats itself: system prompts, tool definitions and the whole history of a
+    multi-turn conversation come back request after request. Encoding each message once and
+    reusing its ids makes the gateway's tokenization cost proportional to what is new. Ids are
+    kept as ``array('I')`` (4 bytes per token; joining is a memory copy). Safe to call from a
+    worker thread: only the cache bookkeeping is locked, never the encoding.
+    """
+
+    def __init__(
+        self, tokenizer: Tokenizer, *, max_entries: int = 4096, max_chars: int = 64 << 20
+    ) -> None:
+        self.tokenizer = tokenizer
+        self._max_entries = max_entries
+        self._max_chars = max_chars
+        self._cache: OrderedDict[str, array[int]] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def encode(self, segments: Sequence[str]) -> array[int]:
+        out: array[int] = array("I")
+        for segment in segments:
+            out.extend(self._segment(segment))
+        return out
+
+    def _segment(self, text: str) -> array[int]:
+        with self._lock:
+            ids = self._cache.get(text)
+            if ids is not None:
+                self._cache.move_to_end(text)
+                return ids
+        ids = array("I", self.tokenizer.encode(text))
+        if len(text) > self._max_chars // 8:
+            return ids  # one huge document would flush everything else
+        with self._lock:
+            if text not in self._cache:
+                self._cache[text] = ids
+                self._chars += len(text)
+                while len(self._cache) > self._max_entries or self._chars > self._max_chars:
+                    old, _ = self._cache.popitem(last=False)
+                    self._chars -= len(old)
+        return ids

@@ -101,3 +101,13 @@ def test_scan_json_body() -> None:
     scan_json_body(b"not json", scanner)
     scan_json_body(b"[1]", scanner)
     assert scanner.completion_tokens == 9
+
+
+def test_expected_usage_skips_recognizing_tokens_but_usage_is_exact() -> None:
+    scanner = SseScanner(expect_usage=True)
+    scanner.feed(ROLE + TOKEN, 1.0)
+    scanner.feed(TOKEN * 3 + FINISH, 2.0)
+    assert scanner.first_token_at == 1.0
+    scanner.feed(USAGE + DONE, 3.0)
+    assert scanner.completion_tokens == 42
+    assert scanner.done
