@@ -73,14 +73,18 @@ class SseScanner:
             return False
         self._buffer = data[end + 2 :]
         block = data[:end]
-        if self.expect_usage and self.first_token_at is not None:
+        if not self.expect_usage:
+            tokens = len(_TOKEN_FIELD.findall(block))
+        elif self.first_token_at is not None:
             tokens = block.count(b"data:")
         else:
-            tokens = len(_TOKEN_FIELD.findall(block))
-        if b'"usage"' in block and _USAGE_OBJECT.search(block):
-            for event in block.split(b"\n\n"):
-                if _USAGE_OBJECT.search(event):
-                    self._read_usage_event(event)
+            first = _TOKEN_FIELD.search(block)
+            tokens = 0 if first is None else 1 + block.count(b"data:", first.end())
+        usage = _USAGE_OBJECT.search(block) if b'"usage"' in block else None
+        if usage is not None:
+            start = block.rfind(b"\n\n", 0, usage.start()) + 1
+            end_of_event = block.find(b"\n\n", usage.end())
+            self._read_usage_event(block[start : None if end_of_event < 0 else end_of_event])
         if not self.done and b"[DONE]" in block and _DONE_EVENT.search(block):
             self.done = True
         if not tokens:

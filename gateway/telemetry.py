@@ -9,13 +9,14 @@ nothing per request.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.loopmetrics import LoopCounter, LoopHistogram
 from scheduler.datalayer.store import EndpointStore, Health
 from scheduler.framework.plugins import Outcome, Plugin, RequestRecord
 from scheduler.framework.types import InferenceRequest
@@ -44,103 +45,100 @@ class GatewayMetrics:
 
     def __init__(self, store: EndpointStore, clock: Callable[[], float]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
         model_labels = ("model_name", "target_model_name")
-        self.requests = Counter(
+        self.requests = self._counter(
             "inference_objective_request",
             "Inference requests dispatched to an endpoint, by model.",
             model_labels,
-            registry=r,
         )
-        self.request_errors = Counter(
+        self.request_errors = self._counter(
             "inference_objective_request_error",
             "Dispatched inference requests that did not succeed, by error code.",
             (*model_labels, "error_code"),
-            registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = self._histogram(
             "inference_objective_request_duration_seconds",
             "Dispatched inference request duration, receipt to last byte.",
             model_labels,
             buckets=GENERAL_BUCKETS,
-            registry=r,
         )
-        self.ttft = Histogram(
+        self.ttft = self._histogram(
             "inference_objective_request_ttft_seconds",
             "Time to first token, from dispatch to the first generated token (streaming).",
             model_labels,
             buckets=GENERAL_BUCKETS,
-            registry=r,
         )
-        self.tpot = Histogram(
+        self.tpot = self._histogram(
             "inference_objective_request_tpot_seconds",
             "Time per output token after the first, per request (streaming).",
             model_labels,
             buckets=TPOT_BUCKETS,
-            registry=r,
         )
-        self.input_tokens = Histogram(
+        self.input_tokens = self._histogram(
             "inference_objective_input_tokens",
             "Prompt tokens per request (the gateway's count).",
             model_labels,
             buckets=TOKEN_BUCKETS,
-            registry=r,
         )
-        self.output_tokens = Histogram(
+        self.output_tokens = self._histogram(
             "inference_objective_output_tokens",
             "Generated tokens per request (usage when reported, else counted events).",
             model_labels,
             buckets=TOKEN_BUCKETS,
-            registry=r,
         )
-        self.http_requests = Counter(
+        self.http_requests = self._counter(
             "slogate_http_requests",
             "HTTP requests answered by the gateway, by route and status code.",
             ("route", "code"),
-            registry=r,
         )
-        self.http_duration = Histogram(
+        self.http_duration = self._histogram(
             "slogate_http_request_duration_seconds",
             "HTTP request duration at the gateway, receipt to last byte, by route and status.",
             ("route", "code"),
             buckets=GENERAL_BUCKETS,
-            registry=r,
         )
-        self.dispatch = Histogram(
+        self.dispatch = self._histogram(
             "slogate_request_dispatch_duration_seconds",
             "Gateway time from receipt to dispatch: parse, tokenize, schedule.",
             buckets=OVERHEAD_BUCKETS,
-            registry=r,
         )
-        self.scheduler_e2e = Histogram(
+        self.scheduler_e2e = self._histogram(
             "inference_extension_scheduler_e2e_duration_seconds",
             "Scheduling cycle duration: producers, admitters, filters, scorers, picker.",
             buckets=PLUGIN_BUCKETS,
-            registry=r,
         )
-        self.plugin_duration = Histogram(
+        self.plugin_duration = self._histogram(
             "inference_extension_plugin_duration_seconds",
             "Duration of each plugin call.",
             ("extension_point", "plugin_type", "plugin_name"),
             buckets=PLUGIN_BUCKETS,
-            registry=r,
         )
-        self.upstream_errors = Counter(
+        self.upstream_errors = self._counter(
             "slogate_upstream_errors",
             "Failures talking to an endpoint, by reason.",
             ("endpoint", "reason"),
-            registry=r,
         )
-        self.scrape_errors = Counter(
+        self.scrape_errors = self._counter(
             "slogate_endpoint_scrape_errors",
             "Failed metrics scrapes, by endpoint.",
             ("endpoint",),
-            registry=r,
         )
-        r.register(PoolCollector(store, clock))
+        self.registry.register(PoolCollector(store, clock))
         self._plugin_children: dict[tuple[str, str, str], Any] = {}
         self._model_children: dict[str, _ModelChildren] = {}
         self._http_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def _counter(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> LoopCounter:
+        counter = LoopCounter(name, doc, labelnames)
+        self.registry.register(counter)
+        return counter
+
+    def _histogram(
+        self, name: str, doc: str, labelnames: Sequence[str] = (), *, buckets: Sequence[float]
+    ) -> LoopHistogram:
+        histogram = LoopHistogram(name, doc, labelnames, buckets)
+        self.registry.register(histogram)
+        return histogram
 
     # PluginTimer
     def observe(self, extension_point: str, plugin: Plugin, seconds: float) -> None:
