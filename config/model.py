@@ -101,6 +101,33 @@ class SchedulingConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PredictorConfig:
+    """The in-process latency predictor (used by the ``predicted-latency`` preset)."""
+
+    objective: str = _bounded("quantile", choices=("quantile", "mean"))
+    """``quantile``: predict the ``quantile`` of latency (p90, for SLO use); ``mean``: the
+    typical latency (least squares in log space)."""
+    quantile: float = _bounded(0.9, gt=0, le=0.99)
+    retrain_interval_s: float = _bounded(10.0, gt=0)
+    min_samples: int = _bounded(100, ge=10)
+    """Samples a target needs before its first model is trained."""
+    samples_per_bucket: int = _bounded(500, ge=10)
+    """Training window: newest samples kept per (queue, KV, prefix) bucket; bounds memory."""
+    n_trees: int = _bounded(200, ge=1)
+    depth: int = _bounded(6, ge=1, le=10)
+    learning_rate: float = _bounded(0.05, gt=0, le=1)
+    training_timeout_s: float = _bounded(120.0, gt=0)
+    """A training run that takes longer is killed; the current model stays."""
+    max_training_failures: int = _bounded(3, ge=1)
+    """Consecutive failed runs after which routing falls back until a run succeeds."""
+    state_dir: str = ""
+    """Where the model and training window are saved and reloaded at start; empty: nowhere."""
+    shape_label: str = ""
+    """Endpoint label naming its hardware/config shape (e.g. ``gpu``): a new endpoint starts
+    with the learned speed of its shape. Empty: new endpoints start as pool-average."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LoggingConfig:
     level: str = _bounded("info", choices=("debug", "info", "warning", "error"))
     format: str = _bounded("text", choices=("text", "json"))
@@ -113,4 +140,5 @@ class GatewayConfig:
     pool: PoolConfig = field(default_factory=PoolConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

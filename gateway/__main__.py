@@ -2,4 +2,6 @@ import sys
 
 from gateway.cli import main
 
-sys.exit(main())
+# Guarded: the trainer's worker process is spawned, and spawn re-imports the main module.
+if __name__ == "__main__":
+    sys.exit(main())

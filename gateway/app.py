@@ -23,14 +23,17 @@ from gateway.deps import Dependencies
 from gateway.director import Director
 from gateway.keys import gateway_key
 from gateway.middlewares import make_error_middleware
+from gateway.predictor_telemetry import PredictorMetrics, PredictorStateCollector
 from gateway.routes import setup_routes
 from gateway.telemetry import GatewayMetrics
 from gateway.tokenizer import PromptEncoder, load_tokenizer
+from gateway.trainer import PredictorTrainer
 from scheduler.builder import build_scheduler
 from scheduler.datalayer.store import EndpointStore
 from scheduler.framework.plugins import PluginHandle
 from scheduler.framework.types import Endpoint
 from scheduler.plugins import builtin_registry
+from scheduler.predictor.runtime import LATENCY_PREDICTOR, LatencyPredictor
 
 
 def endpoint_from_config(cfg: EndpointConfig) -> Endpoint:
@@ -54,12 +57,31 @@ class Gateway:
             static_models=cfg.pool.models,
         )
         self.metrics = GatewayMetrics(self.store, deps.clock)
+        self.predictor = LatencyPredictor(
+            clock=deps.clock,
+            rng=deps.rng,
+            per_bucket=cfg.predictor.samples_per_bucket,
+            shape_label=cfg.predictor.shape_label or None,
+        )
+        handle = PluginHandle(clock=deps.clock, rng=deps.rng)
+        handle.services.put(LATENCY_PREDICTOR, self.predictor)
         self.scheduler = build_scheduler(
             cfg.scheduling,
             registry=deps.plugin_registry or builtin_registry(),
-            handle=PluginHandle(clock=deps.clock, rng=deps.rng),
+            handle=handle,
             timer=self.metrics,
         )
+        self.trainer = PredictorTrainer(
+            self.predictor,
+            cfg.predictor,
+            shapes=self.endpoint_shapes,
+            clock=deps.clock,
+            worker=deps.training_worker,
+        )
+        if self.predictor.enabled:
+            predictor_metrics = PredictorMetrics(self.metrics.registry)
+            self.predictor.hooks = predictor_metrics
+            self.metrics.registry.register(PredictorStateCollector(self.predictor, self.trainer))
         self._session_factory = deps.session_factory
         self._session: aiohttp.ClientSession | None = None
         self._control_session: aiohttp.ClientSession | None = None
@@ -74,6 +96,12 @@ class Gateway:
             clock=deps.clock,
             rng=deps.rng,
         )
+
+    def endpoint_shapes(self) -> dict[str, str]:
+        label = self.cfg.predictor.shape_label
+        if not label:
+            return {}
+        return {e.name: e.labels[label] for e in self.store.endpoints if label in e.labels}
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -116,6 +144,9 @@ class Gateway:
             )
             for endpoint in self.store.endpoints
         ]
+        if self.predictor.enabled:
+            await self.trainer.restore()
+            tasks.append(asyncio.create_task(self.trainer.run(), name="trainer"))
         if not self.cfg.pool.models:
             tasks.append(
                 asyncio.create_task(
@@ -129,6 +160,7 @@ class Gateway:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await asyncio.get_running_loop().run_in_executor(None, self.trainer.close)
 
     async def on_shutdown(self, app: web.Application) -> None:
         self.draining = True

@@ -15,6 +15,7 @@ import aiohttp
 from config import UpstreamConfig
 from gateway.proxy import make_session
 from gateway.tokenizer import Tokenizer
+from gateway.training_worker import TrainingWorker
 from scheduler.framework.plugins import RequestObserver
 from scheduler.framework.registry import PluginRegistry
 
@@ -30,3 +31,5 @@ class Dependencies:
     session_factory: Callable[[UpstreamConfig], aiohttp.ClientSession] = make_session
     observers: tuple[RequestObserver, ...] = ()
     """Extra consumers of finished-request records (e.g. a test recorder)."""
+    training_worker: TrainingWorker | None = None
+    """``None``: a worker process running ``train_generation``."""

@@ -24,3 +24,15 @@ class PrefixMatch:
 
 
 PREFIX_MATCH: AttrKey[PrefixMatch] = AttrKey("prefix-match")
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """Predicted latencies of one candidate for this request, seconds (``None``: no model)."""
+
+    ttft_s: float | None
+    tpot_s: float | None
+    e2e_s: float | None
+
+
+PREDICTION: AttrKey[Prediction] = AttrKey("predicted-latency")

@@ -17,10 +17,11 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
 
 from scheduler.framework.types import (
+    Attributes,
     Candidate,
     CycleState,
     InferenceRequest,
@@ -34,10 +35,12 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True, slots=True)
 class PluginHandle:
-    """What the framework lends every plugin at construction: time and randomness."""
+    """What the framework lends every plugin at construction: time, randomness, and shared
+    services (typed, e.g. the latency predictor) that plugins of one scheduler use together."""
 
     clock: Clock
     rng: random.Random
+    services: Attributes = field(default_factory=Attributes)
 
 
 @runtime_checkable

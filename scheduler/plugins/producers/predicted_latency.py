@@ -1,0 +1,89 @@
+"""``predicted-latency-producer``: predict TTFT, TPOT and e2e latency on every candidate.
+
+Once per request, builds one feature row per candidate (``scheduler.predictor.features``) and
+asks the in-process latency predictor for all candidates in one batched call; writes the
+``PREDICTION`` attribute on each candidate. When the predictor is not ready (no model yet, the
+model has not beaten the heuristic on held-out requests, training keeps failing) it writes
+nothing and consumers fall back to their heuristics.
+
+It also turns requests into training samples: at dispatch it remembers the chosen endpoint's
+feature row (the same row the prediction used), at the first token it records a TTFT sample
+(streamed requests), at the end a TPOT sample (streamed) or an e2e sample (non-streamed).
+Which target a request trains follows its own ``stream`` flag, so mixed streaming and
+non-streaming traffic trains correctly (llm-d needs one global ``streamingMode`` for this).
+
+Inputs: candidate metrics, in-flight load, ``PREFIX_MATCH`` (run the prefix producer first).
+Output: ``PREDICTION`` per candidate.
+
+Parameters: none (the predictor's own settings live in the ``predictor`` config section).
+
+Extension points: data producer, pre-request, response observer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, Self
+
+import numpy as np
+
+from scheduler.framework.attributes import PREDICTION
+from scheduler.framework.params import Params
+from scheduler.framework.plugins import PluginHandle, RequestRecord
+from scheduler.framework.types import (
+    AttrKey,
+    Candidate,
+    CycleState,
+    InferenceRequest,
+    SchedulingResult,
+)
+from scheduler.predictor.features import feature_rows
+from scheduler.predictor.runtime import LatencyPredictor, shared_predictor
+
+FEATURE_ROWS: AttrKey[np.ndarray] = AttrKey("predicted-latency-feature-rows")
+
+
+class PredictedLatencyProducer:
+    TYPE: ClassVar[str] = "predicted-latency-producer"
+
+    def __init__(self, name: str, predictor: LatencyPredictor) -> None:
+        self.name = name
+        self.predictor = predictor
+        predictor.enabled = True
+
+    @classmethod
+    def create(cls, name: str, params: Params, handle: PluginHandle) -> Self:
+        return cls(name, shared_predictor(handle.services, handle.clock, handle.rng))
+
+    def produce(
+        self, state: CycleState, request: InferenceRequest, candidates: Sequence[Candidate]
+    ) -> None:
+        rows = feature_rows(request, candidates)
+        state.put(FEATURE_ROWS, rows)
+        predictions = self.predictor.predict(rows, candidates)
+        if predictions is not None:
+            for candidate, prediction in zip(candidates, predictions, strict=True):
+                candidate.attributes.put(PREDICTION, prediction)
+
+    def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
+        rows = result.state.get(FEATURE_ROWS)
+        if rows is None:
+            return
+        target = result.target
+        for i, candidate in enumerate(result.candidates):
+            if candidate is target:
+                self.predictor.dispatched(
+                    request.request_id,
+                    rows[i],
+                    target.endpoint.name,
+                    model=request.model,
+                    stream=request.stream,
+                    prediction=target.attributes.get(PREDICTION),
+                )
+                return
+
+    def on_first_token(self, request: InferenceRequest, endpoint: str, now: float) -> None:
+        self.predictor.first_token(request.request_id, now)
+
+    def on_end(self, request: InferenceRequest, record: RequestRecord) -> None:
+        self.predictor.finished(request.request_id, record)

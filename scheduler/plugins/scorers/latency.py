@@ -1,0 +1,154 @@
+"""``latency-scorer``: prefer the endpoint predicted to serve this request fastest.
+
+Without SLOs (this scorer's job today; SLO headroom comes with admission), every candidate's
+cost is its predicted latency for *this* request: for a streamed request a blend of TTFT and
+TPOT, each normalized over the candidates to [0, 1] (weights ``ttftWeight``/``tpotWeight``,
+llm-d's 0.8/0.2; a dimension with no spread drops out); for a non-streamed request the
+predicted end-to-end latency. Scores follow llm-d: ``int((1 - cost) * 100 + 1) / 100``, so the
+fastest scores 1.01 (clamped to 1 by the framework) and the slowest 0.01.
+
+When no candidate has a prediction (the predictor is not ready, failed or is stale), it scores
+with llm-d's composite fallback instead: ``kv_free·wkv + relative_queue·wq + prefix·wp`` with
+weights normalized to sum 1 (``compositeKVWeight``, ``compositeQueueWeight``,
+``compositePrefixWeight``, default 1 each). Candidates with unknown metrics count as half-loaded.
+
+Inputs: ``PREDICTION`` (from ``predicted-latency-producer``), metrics, ``PREFIX_MATCH``.
+
+Parameters:
+
+======================== ======= =================================================
+``ttftWeight``           0.8     weight of normalized TTFT for streamed requests
+``tpotWeight``           0.2     weight of normalized TPOT for streamed requests
+``compositeKVWeight``    1.0     fallback weight of free KV cache
+``compositeQueueWeight`` 1.0     fallback weight of relative queue length
+``compositePrefixWeight`` 1.0    fallback weight of the prefix-cache match
+======================== ======= =================================================
+
+Extension point: scorer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, Self
+
+from scheduler.framework.attributes import PREDICTION, PREFIX_MATCH, Prediction
+from scheduler.framework.params import Params
+from scheduler.framework.plugins import PluginHandle
+from scheduler.framework.types import Candidate, CycleState, InferenceRequest
+
+_RANGE_EPSILON = 1e-12
+
+
+class LatencyScorer:
+    TYPE: ClassVar[str] = "latency-scorer"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        ttft_weight: float = 0.8,
+        tpot_weight: float = 0.2,
+        kv_weight: float = 1.0,
+        queue_weight: float = 1.0,
+        prefix_weight: float = 1.0,
+    ) -> None:
+        self.name = name
+        total = ttft_weight + tpot_weight
+        self.ttft_weight, self.tpot_weight = (
+            (ttft_weight / total, tpot_weight / total) if total > 0 else (1.0, 0.0)
+        )
+        composite = kv_weight + queue_weight + prefix_weight
+        self.kv_weight, self.queue_weight, self.prefix_weight = (
+            (kv_weight / composite, queue_weight / composite, prefix_weight / composite)
+            if composite > 0
+            else (1 / 3, 1 / 3, 1 / 3)
+        )
+
+    @classmethod
+    def create(cls, name: str, params: Params, handle: PluginHandle) -> Self:
+        return cls(
+            name,
+            ttft_weight=params.float("ttftWeight", 0.8, ge=0.0),
+            tpot_weight=params.float("tpotWeight", 0.2, ge=0.0),
+            kv_weight=params.float("compositeKVWeight", 1.0, ge=0.0),
+            queue_weight=params.float("compositeQueueWeight", 1.0, ge=0.0),
+            prefix_weight=params.float("compositePrefixWeight", 1.0, ge=0.0),
+        )
+
+    def score(
+        self, state: CycleState, request: InferenceRequest, candidates: Sequence[Candidate]
+    ) -> Sequence[float]:
+        predictions = [c.attributes.get(PREDICTION) for c in candidates]
+        if all(p is None for p in predictions):
+            return self.composite(candidates)
+        costs = self._costs(request, predictions)
+        return [int((1.0 - c) * 100) / 100 + 0.01 for c in costs]
+
+    def _costs(
+        self, request: InferenceRequest, predictions: Sequence[Prediction | None]
+    ) -> list[float]:
+        """Normalized cost per candidate in [0, 1]; a candidate without a prediction costs 1."""
+        if request.stream:
+            ttft = _normalized([None if p is None else p.ttft_s for p in predictions])
+            tpot = _normalized([None if p is None else p.tpot_s for p in predictions])
+            a, b = self.ttft_weight, self.tpot_weight
+            if ttft is None and tpot is None:
+                return [0.5] * len(predictions)
+            if ttft is None:
+                a, b = 0.0, 1.0
+            elif tpot is None:
+                a, b = 1.0, 0.0
+            return [
+                a * (ttft[i] if ttft else 0.0) + b * (tpot[i] if tpot else 0.0)
+                for i in range(len(predictions))
+            ]
+        e2e = _normalized([_e2e(p, request) for p in predictions])
+        return e2e if e2e is not None else [0.5] * len(predictions)
+
+    def composite(self, candidates: Sequence[Candidate]) -> list[float]:
+        max_q = max((c.metrics.waiting for c in candidates if c.metrics is not None), default=0)
+        scores = []
+        for c in candidates:
+            m = c.metrics
+            if m is None:
+                kv_free, rel_queue = 0.5, 0.5
+            else:
+                kv_free = 1.0 - m.kv_usage
+                rel_queue = (max_q - m.waiting) / max_q if max_q > 0 else 1.0
+            match = c.attributes.get(PREFIX_MATCH)
+            prefix = match.fraction if match is not None else 0.0
+            composite = (
+                self.kv_weight * kv_free
+                + self.queue_weight * rel_queue
+                + self.prefix_weight * prefix
+            )
+            scores.append(round(composite * 100) / 100)
+        return scores
+
+
+def _e2e(prediction: Prediction | None, request: InferenceRequest) -> float | None:
+    """Predicted end-to-end latency; from TTFT + TPOT x max_tokens when no e2e model exists."""
+    if prediction is None:
+        return None
+    if prediction.e2e_s is not None:
+        return prediction.e2e_s
+    if prediction.ttft_s is None:
+        return None
+    tokens = request.max_tokens or 16
+    return prediction.ttft_s + (prediction.tpot_s or 0.0) * max(tokens - 1, 0)
+
+
+def _normalized(values: Sequence[float | None]) -> list[float] | None:
+    """Min-max normalize to [0, 1]; missing values cost 1; ``None`` when nothing is known or
+    every known value is equal (this dimension cannot separate candidates)."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return None
+    low, high = min(known), max(known)
+    span = high - low
+    if span <= _RANGE_EPSILON:
+        return (
+            None if len(known) == len(values) else [0.0 if v is not None else 1.0 for v in values]
+        )
+    return [1.0 if v is None else (v - low) / span for v in values]

@@ -1,0 +1,1 @@
+"""Latency prediction: per-candidate features, boosted-tree models, their training and swap."""

@@ -1,0 +1,284 @@
+"""The live predictor: the current model, the training windows and the requests in flight.
+
+Shared by the ``predicted-latency-producer`` plugin (predicts, records dispatches, turns
+finished requests into samples) and the gateway's trainer loop (snapshots the windows, fits
+in a worker process, installs the result). Everything here runs on the event loop and is cheap:
+a prediction is one feature matrix and one vectorized tree evaluation per target.
+
+Samples, per target:
+- ``ttft``: streamed requests, at the first token (dispatch -> first token);
+- ``tpot``: streamed requests with at least two tokens, at the end;
+- ``e2e``: non-streamed requests, at the end (dispatch -> last byte).
+Only successful requests train. Each sample reuses the feature row captured at scheduling time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from scheduler.framework.attributes import Prediction
+from scheduler.framework.plugins import Outcome, RequestRecord
+from scheduler.framework.types import Attributes, AttrKey, Candidate
+from scheduler.predictor.model import PredictorModel, TargetModel
+from scheduler.predictor.window import StratifiedWindow
+
+TARGETS = ("ttft", "tpot", "e2e")
+
+logger = logging.getLogger(__name__)
+
+
+class PredictorHooks(Protocol):
+    """Where the predictor reports what metrics want to see (the gateway's telemetry)."""
+
+    def prediction_timed(self, seconds: float) -> None:
+        """One batched prediction for all candidates of a request took ``seconds``."""
+
+    def outcome(self, target: str, model: str, predicted_s: float, actual_s: float) -> None:
+        """A finished request's prediction (for the endpoint used) next to what happened."""
+
+
+class NoHooks:
+    def prediction_timed(self, seconds: float) -> None:
+        return None
+
+    def outcome(self, target: str, model: str, predicted_s: float, actual_s: float) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class _Pending:
+    row: np.ndarray
+    endpoint: str
+    model: str
+    stream: bool
+    dispatched_at: float
+    prediction: Prediction | None
+    first_token_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LiveAccuracy:
+    """Errors of predictions for the endpoint actually used, over recent finished requests."""
+
+    ttft_mape: float
+    tpot_mape: float
+    ttft_coverage: float
+    tpot_coverage: float
+    samples: int
+
+
+class LatencyPredictor:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        rng: random.Random,
+        per_bucket: int = 500,
+        shape_label: str | None = None,
+        accuracy_window: int = 500,
+        pending_ttl_s: float = 600.0,
+    ) -> None:
+        self._clock = clock
+        self.hooks: PredictorHooks = NoHooks()
+        self.shape_label = shape_label
+        self.model: PredictorModel | None = None
+        self.windows = {
+            t: StratifiedWindow(per_bucket=per_bucket, rng=random.Random(rng.getrandbits(64)))
+            for t in TARGETS
+        }
+        self.trainer_healthy = True
+        """Cleared by the trainer loop after repeated failures: routing then falls back."""
+        self.enabled = False
+        """Set by the plugin that uses the predictor: the gateway trains only when it is."""
+        self.pending_ttl_s = pending_ttl_s
+        self._pending: dict[str, _Pending] = {}
+        self._dispatches = 0
+        self._fallback_active: bool | None = None
+        self.fallback_decisions = 0
+        """Scheduling decisions made without predictions (heuristic fallback)."""
+        self.predicted_decisions = 0
+        self._errors: dict[str, deque[float]] = {
+            t: deque(maxlen=accuracy_window) for t in ("ttft", "tpot")
+        }
+        self._covered: dict[str, deque[bool]] = {
+            t: deque(maxlen=accuracy_window) for t in ("ttft", "tpot")
+        }
+
+    # -- model --------------------------------------------------------------------------
+    def install(self, model: PredictorModel) -> None:
+        """Swap in a new generation atomically (one reference assignment on the loop)."""
+        self.model = model
+
+    @property
+    def ready(self) -> bool:
+        """A model exists, beat the heuristic on held-out samples, and training is healthy."""
+        model = self.model
+        return (
+            model is not None
+            and model.ttft is not None
+            and model.beats_heuristic
+            and self.trainer_healthy
+        )
+
+    def shapes(self, endpoints: Sequence[Candidate]) -> list[str | None]:
+        label = self.shape_label
+        if label is None:
+            return [None] * len(endpoints)
+        return [c.endpoint.labels.get(label) for c in endpoints]
+
+    def predict(self, rows: np.ndarray, candidates: Sequence[Candidate]) -> list[Prediction] | None:
+        """Predictions for every candidate, or ``None``: route with the heuristic fallback.
+
+        Never raises: a failing model is a fallback, logged once per transition.
+        """
+        model = self.model
+        if model is None or not self.ready:
+            self._route_by_fallback(True, "no model" if model is None else "not ready")
+            return None
+        started = self._clock()
+        try:
+            predictions = self._predict_all(model, rows, candidates)
+        except Exception:
+            logger.exception("predictor.failed", extra={"version": model.version})
+            self._route_by_fallback(True, "prediction failed")
+            return None
+        self.hooks.prediction_timed(self._clock() - started)
+        self._route_by_fallback(False, "")
+        return predictions
+
+    def _predict_all(
+        self, model: PredictorModel, rows: np.ndarray, candidates: Sequence[Candidate]
+    ) -> list[Prediction]:
+        names = [c.endpoint.name for c in candidates]
+        shapes = self.shapes(candidates)
+        ttft = _predict(model, model.ttft, rows, names, shapes)
+        tpot = _predict(model, model.tpot, rows, names, shapes)
+        e2e = _predict(model, model.e2e, rows, names, shapes)
+        return [
+            Prediction(
+                None if ttft is None else float(ttft[i]),
+                None if tpot is None else float(tpot[i]),
+                None if e2e is None else float(e2e[i]),
+            )
+            for i in range(len(candidates))
+        ]
+
+    def _route_by_fallback(self, active: bool, reason: str) -> None:
+        if active:
+            self.fallback_decisions += 1
+        else:
+            self.predicted_decisions += 1
+        if active != self._fallback_active:
+            self._fallback_active = active
+            if active:
+                logger.warning("predictor.fallback_on", extra={"reason": reason})
+            else:
+                logger.info("predictor.fallback_off")
+
+    # -- samples ------------------------------------------------------------------------
+    def dispatched(
+        self,
+        request_id: str,
+        row: np.ndarray,
+        endpoint: str,
+        *,
+        model: str,
+        stream: bool,
+        prediction: Prediction | None,
+    ) -> None:
+        now = self._clock()
+        self._pending[request_id] = _Pending(row, endpoint, model, stream, now, prediction)
+        self._dispatches += 1
+        if self._dispatches % 1024 == 0:
+            self._expire(now)
+
+    def first_token(self, request_id: str, now: float) -> None:
+        pending = self._pending.get(request_id)
+        if pending is None or not pending.stream or pending.first_token_at is not None:
+            return
+        pending.first_token_at = now
+        ttft = now - pending.dispatched_at
+        self.windows["ttft"].add(pending.row, ttft, pending.endpoint)
+        if pending.prediction is not None and pending.prediction.ttft_s is not None:
+            self._score("ttft", pending.prediction.ttft_s, ttft)
+            self.hooks.outcome("ttft", pending.model, pending.prediction.ttft_s, ttft)
+
+    def finished(self, request_id: str, record: RequestRecord) -> None:
+        pending = self._pending.pop(request_id, None)
+        if pending is None or record.outcome is not Outcome.SUCCESS or record.status >= 400:
+            return
+        if pending.stream:
+            tpot = record.tpot_s
+            if tpot is not None and tpot > 0:
+                self.windows["tpot"].add(pending.row, tpot, pending.endpoint)
+                if pending.prediction is not None and pending.prediction.tpot_s is not None:
+                    self._score("tpot", pending.prediction.tpot_s, tpot)
+                    self.hooks.outcome("tpot", pending.model, pending.prediction.tpot_s, tpot)
+        else:
+            self.windows["e2e"].add(pending.row, record.e2e_s, pending.endpoint)
+            if pending.prediction is not None and pending.prediction.e2e_s is not None:
+                self.hooks.outcome("e2e", pending.model, pending.prediction.e2e_s, record.e2e_s)
+
+    def _expire(self, now: float) -> None:
+        """Drop requests whose end never came (a lost observer call must not leak memory)."""
+        ttl = self.pending_ttl_s
+        for request_id in [r for r, p in self._pending.items() if now - p.dispatched_at > ttl]:
+            del self._pending[request_id]
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    # -- live accuracy ------------------------------------------------------------------
+    def _score(self, target: str, predicted: float, actual: float) -> None:
+        self._errors[target].append(abs(predicted - actual) / max(actual, 1e-9))
+        self._covered[target].append(actual <= predicted)
+
+    def accuracy(self) -> LiveAccuracy:
+        def mean(values: deque[float] | deque[bool]) -> float:
+            return sum(values) / len(values) if values else math.nan
+
+        return LiveAccuracy(
+            ttft_mape=mean(self._errors["ttft"]),
+            tpot_mape=mean(self._errors["tpot"]),
+            ttft_coverage=mean(self._covered["ttft"]),
+            tpot_coverage=mean(self._covered["tpot"]),
+            samples=len(self._errors["ttft"]),
+        )
+
+    def window_sizes(self) -> Mapping[str, int]:
+        return {t: len(w) for t, w in self.windows.items()}
+
+
+def _predict(
+    model: PredictorModel,
+    target: TargetModel | None,
+    rows: np.ndarray,
+    names: list[str],
+    shapes: list[str | None],
+) -> np.ndarray | None:
+    if target is None:
+        return None
+    return target.predict(rows, model.offsets(target, names, shapes))
+
+
+LATENCY_PREDICTOR: AttrKey[LatencyPredictor] = AttrKey("latency-predictor")
+
+
+def shared_predictor(
+    services: Attributes, clock: Callable[[], float], rng: random.Random
+) -> LatencyPredictor:
+    """The predictor the plugins of one scheduler share: the gateway's, or a default one."""
+    predictor = services.get(LATENCY_PREDICTOR)
+    if predictor is None:
+        predictor = LatencyPredictor(clock=clock, rng=rng)
+        services.put(LATENCY_PREDICTOR, predictor)
+    return predictor

@@ -1,0 +1,259 @@
+"""Fit one target's model from a window snapshot and judge it on held-out samples.
+
+Pure numpy, no I/O: it runs in a worker process. Steps, in log space:
+
+1. a small quick model on all samples (no endpoint identity) gives residuals; each endpoint's
+   speed offset is the median residual of its samples, shrunk toward 0 by sample count
+   (``n / (n + shrink)``), so a few samples cannot make an endpoint look extreme;
+2. the full model fits ``log(y) - offset[endpoint]``: the load response shared by the pool;
+3. on the held-out samples the new model, the previous one and the load heuristic are scored:
+   MAPE (and pinball loss and coverage for a quantile objective), and Spearman rank correlation
+   with the actual latency, which is what routing needs: ordering endpoints correctly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from scheduler.predictor.features import (
+    INFLIGHT,
+    INFLIGHT_PREFILL,
+    KV,
+    N_FEATURES,
+    PREFIX,
+    PROMPT,
+    RUNNING,
+    UNCACHED,
+    WAITING,
+)
+from scheduler.predictor.gbdt import GbdtParams, fit_gbdt
+from scheduler.predictor.model import PredictorModel, TargetModel
+from scheduler.predictor.window import WindowArrays
+
+OFFSET_SHRINK_SAMPLES = 20.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Evaluation:
+    samples: int
+    mape: float
+    spearman: float
+    pinball: float | None = None
+    coverage: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetReport:
+    target: str
+    train_samples: int
+    test_samples: int
+    duration_s: float
+    new: Evaluation | None
+    previous: Evaluation | None
+    heuristic_spearman: float | None
+    accepted: bool
+
+
+def fit_target(
+    target: str,
+    columns: tuple[int, ...],
+    train: WindowArrays,
+    test: WindowArrays,
+    *,
+    params: GbdtParams,
+    shapes: Mapping[str, str],
+    previous: TargetModel | None,
+    seed: int,
+) -> tuple[TargetModel | None, TargetReport]:
+    """The new model (or ``None`` when it is not better than ``previous``) and a report."""
+    started = time.process_time()
+    rng = np.random.default_rng(seed)
+    y_log = np.log(np.maximum(train.y, 1e-6))
+    X = train.X[:, columns]
+
+    quick_params = replace(params, objective="l2", n_trees=40, depth=4, learning_rate=0.15)
+    quick = fit_gbdt(X, y_log, quick_params, rng=rng)
+    residual = y_log - quick.predict(X)
+    offsets = dict(previous.offsets) if previous is not None else {}
+    for code, endpoint in enumerate(train.endpoints):
+        mask = train.endpoint == code
+        n = int(mask.sum())
+        if n:
+            offsets[endpoint] = float(np.median(residual[mask])) * n / (n + OFFSET_SHRINK_SAMPLES)
+    row_offsets = _row_offsets(train, offsets)
+    gbdt = fit_gbdt(X, y_log - row_offsets, params, rng=rng)
+    model = TargetModel(
+        target=target,
+        gbdt=gbdt,
+        columns=columns,
+        offsets=offsets,
+        shape_offsets=_shape_offsets(offsets, shapes),
+    )
+
+    new_eval = evaluate(model, test, params) if len(test) else None
+    prev_eval = evaluate(previous, test, params) if previous is not None and len(test) else None
+    accepted = prev_eval is None or new_eval is None or new_eval.mape <= prev_eval.mape * 1.02
+    report = TargetReport(
+        target=target,
+        train_samples=len(train),
+        test_samples=len(test),
+        duration_s=time.process_time() - started,
+        new=new_eval,
+        previous=prev_eval,
+        heuristic_spearman=heuristic_spearman(test) if len(test) >= 2 else None,
+        accepted=accepted,
+    )
+    return (model if accepted else None), report
+
+
+def _row_offsets(arrays: WindowArrays, offsets: Mapping[str, float]) -> np.ndarray:
+    table = np.array([offsets.get(e, 0.0) for e in arrays.endpoints] or [0.0])
+    return table[arrays.endpoint] if len(arrays) else np.empty(0)
+
+
+def _shape_offsets(offsets: Mapping[str, float], shapes: Mapping[str, str]) -> dict[str, float]:
+    groups: dict[str, list[float]] = {}
+    for endpoint, offset in offsets.items():
+        shape = shapes.get(endpoint)
+        if shape is not None:
+            groups.setdefault(shape, []).append(offset)
+    return {shape: float(np.mean(values)) for shape, values in groups.items()}
+
+
+def evaluate(model: TargetModel, test: WindowArrays, params: GbdtParams) -> Evaluation:
+    pred_log = model.predict_log(test.X, _row_offsets(test, model.offsets))
+    pred = np.exp(pred_log)
+    y = test.y
+    mape = float(np.mean(np.abs(pred - y) / np.maximum(y, 1e-9)))
+    pinball = coverage = None
+    if params.objective == "quantile":
+        diff = np.log(np.maximum(y, 1e-6)) - pred_log
+        pinball = float(np.mean(np.maximum(params.alpha * diff, (params.alpha - 1) * diff)))
+        coverage = float(np.mean(y <= pred))
+    return Evaluation(
+        samples=len(y),
+        mape=mape,
+        spearman=spearman(pred, y),
+        pinball=pinball,
+        coverage=coverage,
+    )
+
+
+def heuristic_spearman(test: WindowArrays) -> float:
+    """How well the load heuristic orders held-out latencies (higher cost = slower).
+
+    The composite heuristic scores ``kv_free + relative_queue + prefix``; its cost is the
+    complement, computed per sample with the queue relative to the largest queue seen.
+    """
+    X = test.X
+    waiting = np.maximum(X[:, WAITING], 0.0)
+    max_q = max(float(waiting.max()), 1.0)
+    cost = np.maximum(X[:, KV], 0.0) + waiting / max_q + (1.0 - X[:, PREFIX])
+    return spearman(cost, test.y)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2:
+        return math.nan
+    ra, rb = _ranks(a), _ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    # Average the ranks of ties, so a constant signal has no spurious order.
+    uniq, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    if len(uniq) < len(values):
+        sums = np.zeros(len(uniq))
+        np.add.at(sums, inverse, ranks)
+        ranks = (sums / counts)[inverse]
+    return ranks
+
+
+TARGET_COLUMNS: Mapping[str, tuple[int, ...]] = {
+    "ttft": (KV, WAITING, RUNNING, INFLIGHT, INFLIGHT_PREFILL, PROMPT, PREFIX, UNCACHED),
+    "tpot": (KV, WAITING, RUNNING, INFLIGHT, INFLIGHT_PREFILL, PROMPT),
+    "e2e": tuple(range(N_FEATURES)),
+}
+"""Which features each target's trees read (TPOT does not depend on this prompt's cache hit)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainingJob:
+    """Everything one generation's training needs; picklable, sent to the worker process."""
+
+    version: int
+    train: Mapping[str, WindowArrays]
+    test: Mapping[str, WindowArrays]
+    params: GbdtParams
+    min_samples: int
+    shapes: Mapping[str, str]
+    previous: PredictorModel | None
+    snapshot_at: float
+    seed: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainingOutcome:
+    model: PredictorModel | None
+    """The generation to install; ``None`` when no target had enough samples."""
+    reports: tuple[TargetReport, ...]
+
+
+def train_generation(job: TrainingJob) -> TrainingOutcome:
+    """Fit every target with enough samples; keep the previous model of the others."""
+    fitted: dict[str, TargetModel | None] = {}
+    reports: list[TargetReport] = []
+    for i, (target, columns) in enumerate(TARGET_COLUMNS.items()):
+        previous = getattr(job.previous, target) if job.previous is not None else None
+        train = job.train[target]
+        if len(train) < job.min_samples:
+            fitted[target] = previous
+            continue
+        model, report = fit_target(
+            target,
+            columns,
+            train,
+            job.test[target],
+            params=job.params,
+            shapes=job.shapes,
+            previous=previous,
+            seed=job.seed + i,
+        )
+        fitted[target] = model if model is not None else previous
+        reports.append(report)
+    if not reports:
+        return TrainingOutcome(model=None, reports=())
+    return TrainingOutcome(
+        model=PredictorModel(
+            version=job.version,
+            ttft=fitted["ttft"],
+            tpot=fitted["tpot"],
+            e2e=fitted["e2e"],
+            objective="quantile" if job.params.objective == "quantile" else "mean",
+            quantile=job.params.alpha,
+            trained_at=job.snapshot_at,
+            beats_heuristic=_beats_heuristic(reports, job.previous),
+        ),
+        reports=tuple(reports),
+    )
+
+
+def _beats_heuristic(reports: list[TargetReport], previous: PredictorModel | None) -> bool:
+    """Whether the TTFT model to be used orders held-out requests better than the heuristic."""
+    report = next((r for r in reports if r.target == "ttft"), None)
+    if report is None:
+        return previous is not None and previous.beats_heuristic
+    evaluation = report.new if report.accepted else report.previous
+    if evaluation is None or report.heuristic_spearman is None:
+        return False
+    return evaluation.spearman > report.heuristic_spearman
