@@ -57,6 +57,7 @@ def gbdt_params(cfg: PredictorConfig) -> GbdtParams:
         learning_rate=cfg.learning_rate,
         objective="quantile" if cfg.objective == "quantile" else "l2",
         alpha=cfg.quantile,
+        n_bins=128,  # measured in docs/predictor-model.md: finer bins, lower error, same cost
     )
 
 
