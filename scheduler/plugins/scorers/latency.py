@@ -29,6 +29,7 @@ Extension point: scorer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import ClassVar, Self
 
@@ -83,7 +84,8 @@ class LatencyScorer:
         if all(p is None for p in predictions):
             return self.composite(candidates)
         costs = self._costs(request, predictions)
-        return [int((1.0 - c) * 100) / 100 + 0.01 for c in costs]
+        # llm-d's int((1 - cost) * 100) + 1, guarded against 49.999... flooring to 49.
+        return [(math.floor((1.0 - c) * 100 + 1e-9) + 1) / 100 for c in costs]
 
     def _costs(
         self, request: InferenceRequest, predictions: Sequence[Prediction | None]
