@@ -5,6 +5,9 @@ its own process), so the gateway's own cost is what is measured:
 
     direct:  client -> backend
     gateway: client -> slogate (its own process) -> backend
+    floor:   client -> loadtest.floor_proxy (the cheapest aiohttp relay) -> backend
+
+The floor arm shows what aiohttp itself costs, so slogate's own share is the difference.
 
 For each concurrency level, short rounds alternate direct / gateway several times; latencies are
 pooled per arm, throughput is the mean over rounds. Every request is a streaming chat completion
@@ -51,6 +54,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_ready_post(url: str, timeout_s: float = 30.0) -> None:
+    body = {"model": "sim-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.post(url, json=body, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout_s} s")
 
 
 def wait_ready(url: str, timeout_s: float = 30.0) -> None:
@@ -131,7 +147,7 @@ async def measure(
                 await one_round(session, arm, body, concurrency, seconds, record=True)
 
 
-def summarize(direct: Arm, gateway: Arm, concurrency: int) -> dict[str, Any]:
+def summarize(direct: Arm, gateway: Arm, floor: Arm, concurrency: int) -> dict[str, Any]:
     def stats(arm: Arm) -> dict[str, float]:
         return {
             "ttft_p50_ms": percentile(arm.ttft_s, 50) * 1000,
@@ -144,11 +160,14 @@ def summarize(direct: Arm, gateway: Arm, concurrency: int) -> dict[str, Any]:
             "errors": arm.errors,
         }
 
-    d, g = stats(direct), stats(gateway)
+    d, g, f = stats(direct), stats(gateway), stats(floor)
     return {
         "concurrency": concurrency,
         "direct": d,
         "gateway": g,
+        "floor": f,
+        "floor_added_ttft_p50_ms": f["ttft_p50_ms"] - d["ttft_p50_ms"],
+        "floor_rate_ratio": f["requests_per_s"] / d["requests_per_s"],
         "added_ttft_p50_ms": g["ttft_p50_ms"] - d["ttft_p50_ms"],
         "added_ttft_p99_ms": g["ttft_p99_ms"] - d["ttft_p99_ms"],
         "added_e2e_p50_ms": g["e2e_p50_ms"] - d["e2e_p50_ms"],
@@ -165,7 +184,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print(head)
     print("-" * len(head))
     for row in rows:
-        for arm in ("direct", "gateway"):
+        for arm in ("direct", "gateway", "floor"):
             s = row[arm]
             print(
                 f"{row['concurrency']:>7} {arm:>8} {s['ttft_p50_ms']:>7.2f}ms "
@@ -176,6 +195,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{'':>7} {'added':>8} {row['added_ttft_p50_ms']:>7.2f}ms "
             f"{row['added_ttft_p99_ms']:>7.2f}ms {row['added_e2e_p50_ms']:>7.2f}ms "
             f"{row['added_e2e_p99_ms']:>7.2f}ms {row['rate_ratio']:>8.0%}"
+        )
+        print(
+            f"{'':>7} {'floor+':>8} {row['floor_added_ttft_p50_ms']:>7.2f}ms {'':>9} {'':>9} "
+            f"{'':>9} {row['floor_rate_ratio']:>8.0%}"
         )
 
 
@@ -189,38 +212,48 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="results/bench_overhead.json")
     args = parser.parse_args(argv)
 
-    backend_port, gateway_port = free_port(), free_port()
+    backend_port, gateway_port, floor_port = free_port(), free_port(), free_port()
     backend_url = f"http://127.0.0.1:{backend_port}"
     gateway_url = f"http://127.0.0.1:{gateway_port}"
+    floor_url = f"http://127.0.0.1:{floor_port}"
     serve = [sys.executable, "-m", "gateway", "serve", "--endpoint", backend_url]
     serve += ["--host", "127.0.0.1", "--port", str(gateway_port), "--log-level", "warning"]
     if args.preset:
         serve += ["--preset", args.preset]
+    floor_cmd = [sys.executable, "-m", "loadtest.floor_proxy", "--upstream", backend_url]
+    floor_cmd += ["--port", str(floor_port)]
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "loadtest.instant_backend", "--port", str(backend_port)]
         ),
         subprocess.Popen(serve),
+        subprocess.Popen(floor_cmd),
     ]
     try:
         wait_ready(f"{backend_url}/health")
         wait_ready(f"{gateway_url}/ready")
+        wait_ready_post(f"{floor_url}/v1/chat/completions")
         from gateway.cli import new_event_loop
 
         rows = []
         for concurrency in args.concurrency:
             direct = Arm("direct", f"{backend_url}/v1/chat/completions")
             gateway = Arm("gateway", f"{gateway_url}/v1/chat/completions")
+            floor = Arm("floor", f"{floor_url}/v1/chat/completions")
             loop = new_event_loop()
             try:
                 loop.run_until_complete(
                     measure(
-                        [direct, gateway], concurrency, args.rounds, args.round_seconds, args.tokens
+                        [direct, gateway, floor],
+                        concurrency,
+                        args.rounds,
+                        args.round_seconds,
+                        args.tokens,
                     )
                 )
             finally:
                 loop.close()
-            rows.append(summarize(direct, gateway, concurrency))
+            rows.append(summarize(direct, gateway, floor, concurrency))
     finally:
         for proc in procs:
             proc.terminate()
