@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import signal
 import socket
@@ -29,8 +30,10 @@ from config import (
 )
 from gateway.app import create_app
 from gateway.cli import new_event_loop
+from gateway.keys import gateway_key
 from gateway.logs import configure_logging
 from loadtest.client import ClientResult, percentile, send
+from scheduler.predictor.runtime import LatencyPredictor
 
 SPEEDS = (1.0, 2.0, 0.5, 1.5)
 MODEL = "sim-llm"
@@ -94,7 +97,8 @@ async def _demo(
             ),
             scheduling=SchedulingConfig(preset=preset),
         )
-        runner = web.AppRunner(create_app(cfg), handler_cancellation=True, access_log=None)
+        app = create_app(cfg)
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         base = f"http://127.0.0.1:{port}"
@@ -104,6 +108,7 @@ async def _demo(
         budget = 20.0 if duration_s is None else max(3.0, min(20.0, 0.6 * duration_s))
         results = await _workload(base, budget_s=budget)
         _print_table(results, [e.name for e in cfg.pool.endpoints])
+        _print_predictor(app[gateway_key].predictor)
         _print_try(base)
 
         stop = asyncio.Event()
@@ -195,6 +200,23 @@ def _print_table(results: list[ClientResult], pods: list[str]) -> None:
         ttfts = [r.ttft_s for r in rs if r.ttft_s is not None]
         tpots = [r.tpot_s for r in rs if r.tpot_s is not None]
         print(f"{pod:<16}{len(rs):>9}{_ms(ttfts, 50):>11}{_ms(ttfts, 90):>11}{_ms(tpots, 50):>11}")
+
+
+def _print_predictor(predictor: LatencyPredictor) -> None:
+    if not predictor.enabled:
+        return
+    model = predictor.model
+    if model is None or model.ttft is None:
+        print("predictor: still collecting samples; routing with the load heuristic for now")
+        return
+    state = (
+        "routing by predicted latency" if predictor.ready else "not yet better than the heuristic"
+    )
+    print(f"predictor: model v{model.version}, {state}")
+    factors = ", ".join(
+        f"{pod} x{math.exp(offset):.2f}" for pod, offset in sorted(model.ttft.offsets.items())
+    )
+    print(f"  learned TTFT factor per pod (1 = pool average; names carry true speed): {factors}")
 
 
 def _ms(values: list[float], q: float) -> str:

@@ -140,6 +140,25 @@ def test_affinity_breaks_when_the_warm_endpoint_is_too_slow() -> None:
     assert names(affinity().filter(CycleState(), make_request(), bare)) == ["warm", "cold"]
 
 
+def test_affinity_breaks_when_the_warm_endpoint_is_relatively_too_slow() -> None:
+    cs = [
+        matched(predicted(make_candidate("warm-slow"), 0.08), 0.95),
+        predicted(make_candidate("cold-fast"), 0.02),
+    ]
+    assert names(affinity().filter(CycleState(), make_request(), cs)) == ["warm-slow"]
+    ratio = affinity(max_penalty_ratio=1.5)
+    assert names(ratio.filter(CycleState(), make_request(), cs)) == ["warm-slow", "cold-fast"]
+    close = [
+        matched(predicted(make_candidate("warm"), 0.025), 0.95),
+        predicted(make_candidate("cold"), 0.02),
+    ]
+    assert names(ratio.filter(CycleState(), make_request(), close)) == ["warm"]
+    # While nothing is predicted, affinity holds.
+    bare = [matched(make_candidate("warm"), 0.95), make_candidate("cold")]
+    only_ratio = affinity(max_penalty_ms=0, max_penalty_ratio=1.5)
+    assert names(only_ratio.filter(CycleState(), make_request(), bare)) == ["warm"]
+
+
 def test_affinity_with_prefill_throughput_source() -> None:
     cs = [matched(make_candidate("warm", prefill_tokens=200_000), 0.95), make_candidate("cold")]
     f = affinity(ttft_source="prefillThroughput", peak_prefill_tps=10_000)

@@ -7,6 +7,11 @@ the best other endpoint's by more than ``maxTTFTPenaltyMs`` (affinity is not wor
 behind a hot spot), or, with probability ``explorationProbability``, to let other endpoints be
 tried. llm-d's algorithm; llm-d's guide pins the TTFT source to the latency predictor.
 
+slogate adds ``maxTTFTPenaltyRatio``: affinity also breaks when the best sticky TTFT is more
+than that many times the best other one. An absolute penalty of seconds suits one GPU type; on
+a heterogeneous pool a warm but slow endpoint can be several times slower than a cold fast one
+while staying milliseconds apart, and would otherwise keep its conversations forever.
+
 TTFT per endpoint comes from ``ttftSource``: ``latencyPredictor`` (the ``PREDICTION``
 attribute; an endpoint without one counts as infinitely slow) or ``prefillThroughput``
 (in-flight prefill tokens / ``peakPrefillThroughput`` tokens per second).
@@ -19,6 +24,7 @@ Parameters:
 ``affinityThreshold``      0.80               prefix-match fraction that makes an endpoint sticky
 ``explorationProbability`` 0.0                chance to skip the filter for a request
 ``maxTTFTPenaltyMs``       5000               largest TTFT cost accepted for affinity; 0 = any
+``maxTTFTPenaltyRatio``    0                  largest TTFT ratio accepted for affinity; 0 = any
 ``ttftSource``             latencyPredictor   ``latencyPredictor`` or ``prefillThroughput``
 ``peakPrefillThroughput``  15928              tokens/s, for ``prefillThroughput``
 ========================== ================== ============================================
@@ -52,6 +58,7 @@ class PrefixCacheAffinityFilter:
         threshold: float = 0.8,
         exploration: float = 0.0,
         max_penalty_ms: float = 5000.0,
+        max_penalty_ratio: float = 0.0,
         ttft_source: str = "latencyPredictor",
         peak_prefill_tps: float = 15928.0,
     ) -> None:
@@ -60,6 +67,7 @@ class PrefixCacheAffinityFilter:
         self.threshold = threshold
         self.exploration = exploration
         self.max_penalty_s = max_penalty_ms / 1000
+        self.max_penalty_ratio = max_penalty_ratio
         self.ttft_source = ttft_source
         self.peak_prefill_tps = peak_prefill_tps
 
@@ -71,6 +79,7 @@ class PrefixCacheAffinityFilter:
             threshold=params.float("affinityThreshold", 0.8, ge=0.0, le=1.0),
             exploration=params.float("explorationProbability", 0.0, ge=0.0, le=1.0),
             max_penalty_ms=params.float("maxTTFTPenaltyMs", 5000.0, ge=0.0),
+            max_penalty_ratio=params.float("maxTTFTPenaltyRatio", 0.0, ge=0.0),
             ttft_source=params.str("ttftSource", "latencyPredictor", choices=SOURCES),
             peak_prefill_tps=params.float("peakPrefillThroughput", 15928.0, gt=0.0),
         )
@@ -89,10 +98,14 @@ class PrefixCacheAffinityFilter:
             (sticky if match is not None and match.fraction >= self.threshold else others).append(c)
         if not sticky or not others:
             return candidates
-        if self.max_penalty_s > 0:
+        if self.max_penalty_s > 0 or self.max_penalty_ratio > 0:
             best_sticky = min(self._ttft(c) for c in sticky)
             best_other = min(self._ttft(c) for c in others)
-            if best_sticky - best_other > self.max_penalty_s:
+            # Unknown TTFTs are infinite; when both sides are unknown (inf - inf is NaN, inf > inf
+            # is false) affinity holds, as it must while the predictor is not ready.
+            if self.max_penalty_s > 0 and best_sticky - best_other > self.max_penalty_s:
+                return candidates
+            if self.max_penalty_ratio > 0 and best_sticky > self.max_penalty_ratio * best_other:
                 return candidates
         return sticky
 
