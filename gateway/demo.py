@@ -25,6 +25,7 @@ from config import (
     EndpointConfig,
     GatewayConfig,
     PoolConfig,
+    PredictorConfig,
     SchedulingConfig,
     ServerConfig,
 )
@@ -96,6 +97,8 @@ async def _demo(
                 )
             ),
             scheduling=SchedulingConfig(preset=preset),
+            # A short demo: retrain often so the predictor's learning shows within it.
+            predictor=PredictorConfig(retrain_interval_s=3.0, min_samples=50),
         )
         app = create_app(cfg)
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
