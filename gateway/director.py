@@ -201,8 +201,11 @@ class Director:
                 self._end(ireq, attempt)
                 self._metrics.upstream_errors.labels(endpoint.name, "protocol").inc()
                 raise UpstreamError(f"endpoint {endpoint.name} failed: {exc}") from exc
-            except BaseException:
+            except asyncio.CancelledError:
                 attempt.outcome = Outcome.CLIENT_DISCONNECTED
+                self._end(ireq, attempt)
+                raise
+            except Exception:
                 self._end(ireq, attempt)
                 raise
             return await self._relay(request, ireq, attempt, upstream, client_id)
@@ -301,7 +304,7 @@ class Director:
             ) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"endpoint {attempt.candidate.name} failed: {exc}") from exc
-        except BaseException:
+        except asyncio.CancelledError:
             attempt.outcome = Outcome.CLIENT_DISCONNECTED
             raise
         if upstream.status < 400:
@@ -346,7 +349,7 @@ class Director:
         except ConnectionResetError:
             attempt.outcome = Outcome.CLIENT_DISCONNECTED
             return response
-        except BaseException:
+        except asyncio.CancelledError:
             attempt.outcome = Outcome.CLIENT_DISCONNECTED
             raise
         attempt.outcome = Outcome.SUCCESS if upstream.status < 400 else Outcome.UPSTREAM_ERROR
