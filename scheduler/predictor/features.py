@@ -16,7 +16,22 @@ Columns (llm-d's schema, plus what measurably helps here):
 ``prefix_match``        fraction of the prompt's blocks the endpoint likely holds in its cache
 ``uncached_tokens``     prompt tokens the endpoint would have to prefill for this request
 ``max_tokens``          the request's ``max_tokens`` (``-1`` when absent); used by the e2e model
+``prefill_wait``        how long the oldest streamed request this gateway sent there has been
+                        waiting for its first token, in seconds divided by the endpoint's learned
+                        latency factor (0 when none waits); see below
 ======================  ==========================================================================
+
+``prefill_wait`` is the predictor's own bookkeeping (``LatencyPredictor.feature_rows`` fills it):
+``inflight_prefill`` says how much prompt work is queued ahead, but not how far the endpoint has
+got with it; the age of the oldest request still without a first token does. Dividing by the
+endpoint's latency factor (``exp`` of its TTFT offset, 1 before there is a model) turns the age
+into work done at pool-average speed, comparable across fast and slow endpoints. Measured on the
+simulated fleet (``docs/predictor.md``), it is the feature that most reduces TTFT error under load.
+
+Two more columns are derived from a row when a model is applied (``derived_columns``; see
+``offsets.py`` for how the rate is learned): ``prefill_remaining``, the prompt tokens queued
+ahead that are likely still to prefill, ``max(0, inflight_prefill - rate * prefill_wait)``, and
+``prefill_before_first_token``, that plus this request's ``uncached_tokens``.
 
 Endpoint identity is not a column: pods differ in speed by a factor that multiplies every
 latency, which the model learns as a per-endpoint offset in log space (see ``model.py``).
@@ -41,43 +56,74 @@ FEATURES: tuple[str, ...] = (
     "prefix_match",
     "uncached_tokens",
     "max_tokens",
+    "prefill_wait",
 )
 N_FEATURES = len(FEATURES)
-KV, WAITING, RUNNING, INFLIGHT, INFLIGHT_PREFILL, PROMPT, PREFIX, UNCACHED, MAX_TOKENS = range(
-    N_FEATURES
-)
+(
+    KV,
+    WAITING,
+    RUNNING,
+    INFLIGHT,
+    INFLIGHT_PREFILL,
+    PROMPT,
+    PREFIX,
+    UNCACHED,
+    MAX_TOKENS,
+    PREFILL_WAIT,
+) = range(N_FEATURES)
+
+DERIVED: tuple[str, ...] = ("prefill_remaining", "prefill_before_first_token")
 
 UNKNOWN = -1.0
 
 
-def feature_rows(request: InferenceRequest, candidates: Sequence[Candidate]) -> np.ndarray:
-    """One float64 row per candidate, in candidate order."""
+def feature_rows(
+    request: InferenceRequest,
+    candidates: Sequence[Candidate],
+    prefill_wait: Sequence[float] | None = None,
+) -> np.ndarray:
+    """One float64 row per candidate, in candidate order (``prefill_wait`` 0 when not given)."""
     prompt = request.prompt_len
     max_tokens = UNKNOWN if request.max_tokens is None else float(request.max_tokens)
-    rows = []
+    # One flat list and one conversion: per-candidate work is what costs at 256 endpoints
+    # (see loadtest/bench_prediction_cost.py); the prefix match is read field by field for
+    # the same reason (its properties are method calls).
+    flat: list[float] = []
+    extend = flat.extend
     for c in candidates:
         m = c.metrics
         match = c.attributes.get(PREFIX_MATCH)
+        load = c.inflight
         if match is None:
             fraction, uncached = 0.0, prompt
         else:
-            fraction, uncached = match.fraction, match.uncached_tokens(prompt)
-        load = c.inflight
+            total = match.total_blocks
+            fraction = match.matched_blocks / total if total else 0.0
+            uncached = prompt - match.matched_blocks * match.block_size
+            if uncached < 0:
+                uncached = 0
         if m is None:
-            kv = waiting = running = UNKNOWN
+            extend((UNKNOWN, UNKNOWN, UNKNOWN))
         else:
-            kv, waiting, running = m.kv_usage, m.waiting, m.running
-        rows.append(
-            (
-                kv,
-                waiting,
-                running,
-                load.requests,
-                load.prefill_tokens,
-                prompt,
-                fraction,
-                uncached,
-                max_tokens,
-            )
-        )
-    return np.array(rows, dtype=np.float64)
+            extend((m.kv_usage, m.waiting, m.running))
+        extend((load.requests, load.prefill_tokens, prompt, fraction, uncached, max_tokens, 0.0))
+    out = np.array(flat, dtype=np.float64).reshape(len(candidates), N_FEATURES)
+    if prefill_wait is not None:
+        out[:, PREFILL_WAIT] = prefill_wait
+    return out
+
+
+def derived_columns(
+    X: np.ndarray, prefill_rate: float, out: np.ndarray | None = None
+) -> np.ndarray:
+    """The ``DERIVED`` columns of rows ``X``, for prompt work done at ``prefill_rate`` tokens per
+    second (at pool-average speed) since the oldest request ahead was dispatched; written into
+    ``out`` (rows x 2) when given."""
+    if out is None:
+        out = np.empty((len(X), len(DERIVED)))
+    remaining = out[:, 0]
+    np.multiply(X[:, PREFILL_WAIT], -prefill_rate, out=remaining)
+    remaining += X[:, INFLIGHT_PREFILL]
+    np.maximum(remaining, 0.0, out=remaining)
+    np.add(remaining, X[:, UNCACHED], out=out[:, 1])
+    return out

@@ -18,7 +18,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scheduler.predictor.features import DERIVED, N_FEATURES, derived_columns
 from scheduler.predictor.gbdt import ObliviousGbdt
+
+
+def tree_inputs(
+    X: np.ndarray, columns: Sequence[int] | np.ndarray, prefill_rate: float | None
+) -> np.ndarray:
+    """What a target's trees read, from rows of all feature columns: ``columns``, then the
+    derived columns at ``prefill_rate`` when it is set."""
+    selected: np.ndarray = X[:, columns]
+    if prefill_rate is None:
+        return selected
+    return np.concatenate([selected, derived_columns(X, prefill_rate)], axis=1)
+
+
+WIDE_COLUMNS = N_FEATURES + len(DERIVED)
+
+
+def widen(X: np.ndarray) -> np.ndarray:
+    """Rows of all feature columns with room for the derived ones (filled per target)."""
+    wide = np.empty((len(X), WIDE_COLUMNS))
+    wide[:, :N_FEATURES] = X
+    return wide
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,10 +52,33 @@ class TargetModel:
     """Feature columns (of ``features.FEATURES``) the trees read, in order."""
     offsets: Mapping[str, float]
     shape_offsets: Mapping[str, float] = field(default_factory=dict)
+    prefill_rate: float | None = None
+    """Learned prompt tokens per pool-average second; when set, the trees also read
+    ``features.derived_columns`` at this rate, after ``columns``."""
     _columns: np.ndarray = field(init=False, repr=False, compare=False)
+    _wide: ObliviousGbdt | None = field(init=False, repr=False, compare=False)
+    """The same trees reading full rows plus the derived columns (``WIDE_COLUMNS``), so the
+    live predictor evaluates every target on one matrix without selecting columns; ``None``
+    when ``gbdt`` cannot be re-indexed (then :meth:`predict_wide` takes the plain path)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_columns", np.asarray(self.columns, dtype=np.intp))
+        columns = np.asarray(self.columns, dtype=np.intp)
+        object.__setattr__(self, "_columns", columns)
+        if self.prefill_rate is not None:
+            columns = np.concatenate([columns, np.arange(N_FEATURES, WIDE_COLUMNS)])
+        g = self.gbdt
+        try:
+            wide: ObliviousGbdt | None = ObliviousGbdt(
+                feature=columns[g.feature],
+                threshold=g.threshold,
+                leaf_value=g.leaf_value,
+                gain=g.gain,
+                base_score=g.base_score,
+                n_features=WIDE_COLUMNS,
+            )
+        except (AttributeError, IndexError, TypeError, ValueError):
+            wide = None  # not a fitted ensemble over ``columns``: predicting will say so
+        object.__setattr__(self, "_wide", wide)
 
     def offset_of(self, endpoint: str, shape: str | None) -> float:
         offset = self.offsets.get(endpoint)
@@ -44,12 +89,24 @@ class TargetModel:
         return 0.0
 
     def predict_log(self, X: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self.gbdt.predict(X[:, self._columns]) + offsets
+        inputs = tree_inputs(X, self._columns, self.prefill_rate)
+        out: np.ndarray = self.gbdt.predict(inputs) + offsets
         return out
 
     def predict(self, X: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Seconds, one per row of ``X`` (all feature columns), with per-row log offsets."""
         out: np.ndarray = np.exp(self.predict_log(X, offsets))
+        return out
+
+    def predict_wide(self, wide: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """:meth:`predict` for rows already widened by :func:`widen` (same results)."""
+        if self._wide is None:
+            return self.predict(wide[:, :N_FEATURES], offsets)
+        if self.prefill_rate is not None:
+            derived_columns(wide, self.prefill_rate, out=wide[:, N_FEATURES:])
+        out: np.ndarray = self._wide.predict(wide)
+        out += offsets
+        np.exp(out, out=out)
         return out
 
 
@@ -92,6 +149,8 @@ def model_to_arrays(model: PredictorModel) -> dict[str, np.ndarray]:
         p = target.target
         out |= {f"{p}.gbdt.{k}": v for k, v in target.gbdt.to_arrays().items()}
         out[f"{p}.columns"] = np.array(target.columns, dtype=np.int64)
+        if target.prefill_rate is not None:
+            out[f"{p}.prefill_rate"] = np.array(target.prefill_rate)
         for kind, table in (("offsets", target.offsets), ("shape_offsets", target.shape_offsets)):
             out[f"{p}.{kind}.names"] = np.array(list(table), dtype=np.str_)
             out[f"{p}.{kind}.values"] = np.array(list(table.values()), dtype=np.float64)
@@ -123,6 +182,9 @@ def model_from_arrays(arrays: Mapping[str, np.ndarray]) -> PredictorModel:
             columns=tuple(int(c) for c in arrays[f"{name}.columns"]),
             offsets=tables["offsets"],
             shape_offsets=tables["shape_offsets"],
+            prefill_rate=(
+                float(arrays[f"{name}.prefill_rate"]) if f"{name}.prefill_rate" in arrays else None
+            ),
         )
     return PredictorModel(
         version=int(arrays["meta.version"]),

@@ -10,6 +10,11 @@ Samples, per target:
 - ``tpot``: streamed requests with at least two tokens, at the end;
 - ``e2e``: non-streamed requests, at the end (dispatch -> last byte).
 Only successful requests train. Each sample reuses the feature row captured at scheduling time.
+
+The predictor also keeps, per endpoint, the streamed requests still waiting for their first
+token (in dispatch order): the age of the oldest is the ``prefill_wait`` feature, which
+:meth:`LatencyPredictor.feature_rows` adds to the rows built by ``features.feature_rows``.
+Non-streamed requests are left out: their first token is never seen.
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ import random
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Protocol
 
 import numpy as np
 
 from scheduler.framework.attributes import Prediction
 from scheduler.framework.plugins import Outcome, RequestRecord
-from scheduler.framework.types import Attributes, AttrKey, Candidate
-from scheduler.predictor.model import PredictorModel, TargetModel
+from scheduler.framework.types import Attributes, AttrKey, Candidate, InferenceRequest
+from scheduler.predictor.features import feature_rows
+from scheduler.predictor.model import PredictorModel, TargetModel, widen
 from scheduler.predictor.window import StratifiedWindow
 
 TARGETS = ("ttft", "tpot", "e2e")
@@ -100,6 +107,9 @@ class LatencyPredictor:
         """Set by the plugin that uses the predictor: the gateway trains only when it is."""
         self.pending_ttl_s = pending_ttl_s
         self._pending: dict[str, _Pending] = {}
+        self._awaiting_first: dict[str, dict[str, float]] = {}
+        """Per endpoint: streamed request id -> dispatch time, until its first token or end."""
+        self._model_cache: _ModelCache | None = None
         self._dispatches = 0
         self._fallback_active: bool | None = None
         self.fallback_decisions = 0
@@ -134,10 +144,43 @@ class LatencyPredictor:
             return [None] * len(endpoints)
         return [c.endpoint.labels.get(label) for c in endpoints]
 
-    def predict(self, rows: np.ndarray, candidates: Sequence[Candidate]) -> list[Prediction] | None:
+    def feature_rows(
+        self, request: InferenceRequest, candidates: Sequence[Candidate]
+    ) -> np.ndarray:
+        """``features.feature_rows`` with this predictor's ``prefill_wait`` column filled in."""
+        return feature_rows(request, candidates, self.prefill_wait(candidates))
+
+    def prefill_wait(self, candidates: Sequence[Candidate]) -> list[float]:
+        """Per candidate: age of its oldest request awaiting a first token, in seconds at
+        pool-average speed (times the endpoint's learned TTFT speed, ``exp(-offset)``; 1 for
+        an endpoint without an offset of its own)."""
+        awaiting = self._awaiting_first
+        if not awaiting:
+            return [0.0] * len(candidates)
+        now = self._clock()
+        speed = self._cached(self.model).speed
+        if len(awaiting) > len(candidates):
+            return [
+                (now - next(iter(queue.values()))) * speed.get(c.endpoint.name, 1.0)
+                if (queue := awaiting.get(c.endpoint.name))
+                else 0.0
+                for c in candidates
+            ]
+        waits = {
+            endpoint: (now - next(iter(queue.values()))) * speed.get(endpoint, 1.0)
+            for endpoint, queue in awaiting.items()
+        }
+        get = waits.get
+        return [get(c.endpoint.name, 0.0) for c in candidates]
+
+    def predict(
+        self, rows: np.ndarray, candidates: Sequence[Candidate], *, stream: bool | None = None
+    ) -> list[Prediction] | None:
         """Predictions for every candidate, or ``None``: route with the heuristic fallback.
 
-        Never raises: a failing model is a fallback, logged once per transition.
+        ``stream`` says what the request needs: streamed, TTFT and TPOT (no e2e); not streamed,
+        TTFT and e2e (TPOT too when there is no e2e model, to estimate e2e from); ``None``,
+        every target. Never raises: a failing model is a fallback, logged once per transition.
         """
         model = self.model
         if model is None or not self.ready:
@@ -145,7 +188,7 @@ class LatencyPredictor:
             return None
         started = self._clock()
         try:
-            predictions = self._predict_all(model, rows, candidates)
+            predictions = self._predict_all(model, rows, candidates, stream)
         except Exception:
             logger.exception("predictor.failed", extra={"version": model.version})
             self._route_by_fallback(True, "prediction failed")
@@ -155,21 +198,43 @@ class LatencyPredictor:
         return predictions
 
     def _predict_all(
-        self, model: PredictorModel, rows: np.ndarray, candidates: Sequence[Candidate]
+        self,
+        model: PredictorModel,
+        rows: np.ndarray,
+        candidates: Sequence[Candidate],
+        stream: bool | None = None,
     ) -> list[Prediction]:
-        names = [c.endpoint.name for c in candidates]
-        shapes = self.shapes(candidates)
-        ttft = _predict(model, model.ttft, rows, names, shapes)
-        tpot = _predict(model, model.tpot, rows, names, shapes)
-        e2e = _predict(model, model.e2e, rows, names, shapes)
+        names = tuple([c.endpoint.name for c in candidates])
+        key = names if self.shape_label is None else (*names, *self.shapes(candidates))
+        cached = self._cached(model)
+        offsets = cached.offsets.get(key)
+        if offsets is None:
+            offsets = cached.add_offsets(key, model, names, self.shapes(candidates))
+        wide = widen(rows)
+        ttft = _predict(model.ttft, wide, offsets[0])
+        tpot = (
+            _predict(model.tpot, wide, offsets[1])
+            if stream is not False or model.e2e is None
+            else None
+        )
+        e2e = _predict(model.e2e, wide, offsets[2]) if stream is not True else None
+        n = len(candidates)
         return [
-            Prediction(
-                None if ttft is None else float(ttft[i]),
-                None if tpot is None else float(tpot[i]),
-                None if e2e is None else float(e2e[i]),
+            Prediction(a, b, c)
+            for a, b, c in zip(
+                repeat(None, n) if ttft is None else ttft,
+                repeat(None, n) if tpot is None else tpot,
+                repeat(None, n) if e2e is None else e2e,
+                strict=False,  # a repeat() has no length; the lists have n items each
             )
-            for i in range(len(candidates))
         ]
+
+    def _cached(self, model: PredictorModel | None) -> _ModelCache:
+        """Per-model lookups, rebuilt when another generation is installed."""
+        cache = self._model_cache
+        if cache is None or cache.model is not model:
+            cache = self._model_cache = _ModelCache(model)
+        return cache
 
     def _route_by_fallback(self, active: bool, reason: str) -> None:
         if active:
@@ -196,6 +261,8 @@ class LatencyPredictor:
     ) -> None:
         now = self._clock()
         self._pending[request_id] = _Pending(row, endpoint, model, stream, now, prediction)
+        if stream:
+            self._awaiting_first.setdefault(endpoint, {})[request_id] = now
         self._dispatches += 1
         if self._dispatches % 1024 == 0:
             self._expire(now)
@@ -205,6 +272,7 @@ class LatencyPredictor:
         if pending is None or not pending.stream or pending.first_token_at is not None:
             return
         pending.first_token_at = now
+        self._no_longer_awaiting(request_id, pending.endpoint)
         ttft = now - pending.dispatched_at
         self.windows["ttft"].add(pending.row, ttft, pending.endpoint)
         if pending.prediction is not None and pending.prediction.ttft_s is not None:
@@ -213,7 +281,11 @@ class LatencyPredictor:
 
     def finished(self, request_id: str, record: RequestRecord) -> None:
         pending = self._pending.pop(request_id, None)
-        if pending is None or record.outcome is not Outcome.SUCCESS or record.status >= 400:
+        if pending is None:
+            return
+        if pending.stream and pending.first_token_at is None:
+            self._no_longer_awaiting(request_id, pending.endpoint)
+        if record.outcome is not Outcome.SUCCESS or record.status >= 400:
             return
         if pending.stream:
             tpot = record.tpot_s
@@ -231,7 +303,15 @@ class LatencyPredictor:
         """Drop requests whose end never came (a lost observer call must not leak memory)."""
         ttl = self.pending_ttl_s
         for request_id in [r for r, p in self._pending.items() if now - p.dispatched_at > ttl]:
-            del self._pending[request_id]
+            pending = self._pending.pop(request_id)
+            self._no_longer_awaiting(request_id, pending.endpoint)
+
+    def _no_longer_awaiting(self, request_id: str, endpoint: str) -> None:
+        queue = self._awaiting_first.get(endpoint)
+        if queue is not None:
+            queue.pop(request_id, None)
+            if not queue:
+                del self._awaiting_first[endpoint]
 
     @property
     def in_flight(self) -> int:
@@ -259,15 +339,51 @@ class LatencyPredictor:
 
 
 def _predict(
-    model: PredictorModel,
-    target: TargetModel | None,
-    rows: np.ndarray,
-    names: list[str],
-    shapes: list[str | None],
-) -> np.ndarray | None:
-    if target is None:
+    target: TargetModel | None, wide: np.ndarray, offsets: np.ndarray | None
+) -> list[float] | None:
+    if target is None or offsets is None:
         return None
-    return target.predict(rows, model.offsets(target, names, shapes))
+    out: list[float] = target.predict_wide(wide, offsets).tolist()
+    return out
+
+
+_Offsets = tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]
+
+
+class _ModelCache:
+    """Lookups derived from one model generation, kept for the hot path: each endpoint's speed
+    (for ``prefill_wait``) and the per-target offset arrays of recently seen candidate lists
+    (a pool's candidate list changes rarely, so the per-candidate lookups are paid once)."""
+
+    __slots__ = ("model", "offsets", "speed")
+
+    MAX_LISTS = 64
+
+    def __init__(self, model: PredictorModel | None) -> None:
+        self.model = model
+        ttft = None if model is None else model.ttft
+        self.speed = {} if ttft is None else {e: math.exp(-o) for e, o in ttft.offsets.items()}
+        self.offsets: dict[tuple[str | None, ...], _Offsets] = {}
+        """Keyed by the candidates' names (and shapes, when a shape label is configured)."""
+
+    def add_offsets(
+        self,
+        key: tuple[str | None, ...],
+        model: PredictorModel,
+        names: Sequence[str],
+        shapes: Sequence[str | None],
+    ) -> _Offsets:
+        ttft, tpot, e2e = (
+            None if t is None else model.offsets(t, names, shapes)
+            for t in (model.ttft, model.tpot, model.e2e)
+        )
+        for array in (ttft, tpot, e2e):
+            if array is not None:
+                array.setflags(write=False)
+        if len(self.offsets) >= self.MAX_LISTS:
+            self.offsets.clear()
+        out = self.offsets[key] = (ttft, tpot, e2e)
+        return out
 
 
 LATENCY_PREDICTOR: AttrKey[LatencyPredictor] = AttrKey("latency-predictor")

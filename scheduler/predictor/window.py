@@ -9,6 +9,10 @@ used to judge a new model before it replaces the old one.
 Buckets: queue 0 | 1-2 | 3-5 | 6-10 | 11+ (unknown metrics count as 0); KV usage in 5 % steps;
 prefix match in quarters. Storage is a numpy ring per bucket, so a snapshot for training is a
 few array concatenations, not a walk over Python objects.
+
+Rows narrower than ``features.N_FEATURES`` (a window saved before a column was appended to the
+schema) are padded with zeros, so a restart after an upgrade keeps its samples; rows wider than
+the schema are refused.
 """
 
 from __future__ import annotations
@@ -55,7 +59,11 @@ class WindowArrays:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str) -> WindowArrays:
-        X = np.asarray(arrays[f"{prefix}.X"], dtype=np.float64).reshape(-1, N_FEATURES)
+        X = np.asarray(arrays[f"{prefix}.X"], dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] > N_FEATURES:
+            raise ValueError(f"{prefix}.X: expected (rows, <= {N_FEATURES}), got {X.shape}")
+        if X.shape[1] < N_FEATURES:
+            X = np.pad(X, ((0, 0), (0, N_FEATURES - X.shape[1])))
         return cls(
             X=X,
             y=np.asarray(arrays[f"{prefix}.y"], dtype=np.float64),
@@ -108,6 +116,7 @@ class StratifiedWindow:
         return code
 
     def add(self, row: np.ndarray, y: float, endpoint: str) -> None:
+        row = _schema_row(row)
         code = self._code(endpoint)
         if self._rng.random() < self.test_fraction:
             self._test.append((row, y, code))
@@ -157,7 +166,8 @@ class StratifiedWindow:
     def load(self, train: WindowArrays, test: WindowArrays) -> None:
         """Refill from persisted snapshots (restart warm). Samples keep their buckets."""
         for arrays, held_out in ((train, False), (test, True)):
-            for row, y, code in zip(arrays.X, arrays.y, arrays.endpoint, strict=True):
+            for stored, y, code in zip(arrays.X, arrays.y, arrays.endpoint, strict=True):
+                row = _schema_row(stored)
                 endpoint = self._code(arrays.endpoints[int(code)])
                 if held_out:
                     self._test.append((row, float(y), endpoint))
@@ -167,6 +177,16 @@ class StratifiedWindow:
                 if ring is None:
                     ring = self._buckets[key] = _Ring(self.per_bucket)
                 ring.add(row, float(y), endpoint)
+
+
+def _schema_row(row: np.ndarray) -> np.ndarray:
+    """An owned row of exactly ``N_FEATURES`` (older, narrower rows padded with zeros)."""
+    width = len(row)
+    if width > N_FEATURES:
+        raise ValueError(f"row: expected at most {N_FEATURES} features, got {width}")
+    out = np.zeros(N_FEATURES)
+    out[:width] = row
+    return out
 
 
 def _empty(endpoints: tuple[str, ...]) -> WindowArrays:

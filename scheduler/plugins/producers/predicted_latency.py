@@ -1,10 +1,12 @@
 """``predicted-latency-producer``: predict TTFT, TPOT and e2e latency on every candidate.
 
-Once per request, builds one feature row per candidate (``scheduler.predictor.features``) and
-asks the in-process latency predictor for all candidates in one batched call; writes the
-``PREDICTION`` attribute on each candidate. When the predictor is not ready (no model yet, the
-model has not beaten the heuristic on held-out requests, training keeps failing) it writes
-nothing and consumers fall back to their heuristics.
+Once per request, builds one feature row per candidate (``scheduler.predictor.features``, with
+the predictor's own ``prefill_wait`` column) and asks the in-process latency predictor for all
+candidates in one batched call per target, for the targets this request needs (TTFT and TPOT
+when streamed, TTFT and e2e when not); writes the ``PREDICTION`` attribute on each candidate.
+When the predictor is not ready (no model yet, the model has not beaten the heuristic on
+held-out requests, training keeps failing) it writes nothing and consumers fall back to their
+heuristics.
 
 It also turns requests into training samples: at dispatch it remembers the chosen endpoint's
 feature row (the same row the prediction used), at the first token it records a TTFT sample
@@ -37,7 +39,6 @@ from scheduler.framework.types import (
     InferenceRequest,
     SchedulingResult,
 )
-from scheduler.predictor.features import feature_rows
 from scheduler.predictor.runtime import LatencyPredictor, shared_predictor
 
 FEATURE_ROWS: AttrKey[np.ndarray] = AttrKey("predicted-latency-feature-rows")
@@ -58,9 +59,9 @@ class PredictedLatencyProducer:
     def produce(
         self, state: CycleState, request: InferenceRequest, candidates: Sequence[Candidate]
     ) -> None:
-        rows = feature_rows(request, candidates)
+        rows = self.predictor.feature_rows(request, candidates)
         state.put(FEATURE_ROWS, rows)
-        predictions = self.predictor.predict(rows, candidates)
+        predictions = self.predictor.predict(rows, candidates, stream=request.stream)
         if predictions is not None:
             for candidate, prediction in zip(candidates, predictions, strict=True):
                 candidate.attributes.put(PREDICTION, prediction)
