@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_PRESET = "load-prefix"
+DEFAULT_PRESET = "predicted-latency"
 
 
 def _bounded(default: Any, **kwargs: Any) -> Any:
