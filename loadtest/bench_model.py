@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from scheduler.predictor.gbdt import GbdtParams, fit_gbdt
+from scheduler.predictor.boosting import fit_gbdt
+from scheduler.predictor.gbdt import GbdtParams
 
 FEATURES = (
     "kv_usage",

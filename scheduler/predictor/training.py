@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scheduler.predictor.boosting import fit_gbdt
 from scheduler.predictor.features import (
     INFLIGHT,
     INFLIGHT_PREFILL,
@@ -33,7 +34,7 @@ from scheduler.predictor.features import (
     UNCACHED,
     WAITING,
 )
-from scheduler.predictor.gbdt import GbdtParams, fit_gbdt
+from scheduler.predictor.gbdt import GbdtParams
 from scheduler.predictor.model import PredictorModel, TargetModel, tree_inputs
 from scheduler.predictor.offsets import (
     OFFSET_SHRINK_SAMPLES as OFFSET_SHRINK_SAMPLES,

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from scheduler.framework.plugins import Outcome, RequestRecord
+from scheduler.predictor.boosting import fit_gbdt
 from scheduler.predictor.features import N_FEATURES, PREFILL_WAIT, feature_rows
-from scheduler.predictor.gbdt import GbdtParams, fit_gbdt
+from scheduler.predictor.gbdt import GbdtParams
 from scheduler.predictor.model import PredictorModel, TargetModel
 from scheduler.predictor.runtime import LatencyPredictor
 from scheduler.predictor.training import TARGET_COLUMNS

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from scheduler.predictor.binning import FeatureBins
+from scheduler.predictor.boosting import fit_gbdt
 from scheduler.predictor.gbdt import (
     CHUNK_ROWS,
     ROW_PATH_MAX_ROWS,
     GbdtParams,
     ObliviousGbdt,
-    fit_gbdt,
 )
 
 FAST = GbdtParams(n_trees=60, depth=5, learning_rate=0.15)
