@@ -150,16 +150,18 @@ async def _workload(base: str, *, budget_s: float, concurrency: int = 24) -> lis
     started = time.monotonic()
     deadline = started + budget_s
 
+    words = ("why", "how", "when", "explain", "list", "compare", "route", "cache", "token")
+
     def body() -> dict[str, Any]:
-        question = " ".join(
-            rng.choice(("why", "how", "when", "explain", "list")) for _ in range(20)
-        )
+        # Half the conversations share one of a few system prompts (prefix-cache reuse), half
+        # are one-off prompts of varied length, so load and cache affinity both matter.
+        question = " ".join(rng.choice(words) for _ in range(rng.choice((20, 200, 800))))
+        messages = [{"role": "user", "content": question}]
+        if rng.random() < 0.5:
+            messages.insert(0, {"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
         return {
             "model": MODEL,
-            "messages": [
-                {"role": "system", "content": rng.choice(SYSTEM_PROMPTS)},
-                {"role": "user", "content": question},
-            ],
+            "messages": messages,
             "max_tokens": rng.randint(16, 96),
             "stream": True,
             "stream_options": {"include_usage": True},
