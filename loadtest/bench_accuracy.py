@@ -25,9 +25,7 @@ Prints tables and writes ``results/bench_accuracy.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -52,6 +50,7 @@ from loadtest.fleet import (
     sim_fleet,
     start_gateway,
 )
+from loadtest.report import write_report
 from scheduler.predictor.training import spearman
 
 FLEETS: dict[str, tuple[float, ...]] = {
@@ -246,22 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     for res in results:
         print(f"{res['fleet']}: {res['sims']}; {res['workload']}")
         break
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "bench_accuracy",
-                "python": sys.version.split()[0],
-                "platform": platform.platform(),
-                "args": vars(args) | {"out": str(args.out)},
-                "results": results,
-            },
-            indent=2,
-            default=str,
-        )
-        + "\n"
+    write_report(
+        args.out, "bench_accuracy", args=vars(args) | {"out": str(args.out)}, results=results
     )
-    print(f"wrote {args.out}")
     return 0
 
 

@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
-import platform
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -47,6 +45,7 @@ from loadtest.fleet import (
     sim_fleet,
     start_gateway,
 )
+from loadtest.report import write_report
 
 SPEEDS = (0.5, 1.0, 1.5, 2.0)
 TARGET_P99_MS = 5.0
@@ -210,22 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{min(walls, default=0):.2f}-{max(walls, default=0):.2f} s each"
             )
     print(f"workload: {results[0]['workload']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "bench_looplag",
-                "python": sys.version.split()[0],
-                "platform": platform.platform(),
-                "args": vars(args) | {"out": str(args.out)},
-                "results": results,
-            },
-            indent=2,
-            default=str,
-        )
-        + "\n"
+    write_report(
+        args.out, "bench_looplag", args=vars(args) | {"out": str(args.out)}, results=results
     )
-    print(f"wrote {args.out}")
     return 0
 
 

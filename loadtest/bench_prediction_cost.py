@@ -27,11 +27,8 @@ from __future__ import annotations
 import argparse
 import gc
 import heapq
-import json
-import platform
 import random
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -46,6 +43,7 @@ from loadtest.bench_scheduler import (
     PromptMix,
     SimulatedPod,
 )
+from loadtest.report import write_report
 from scheduler.builder import build_scheduler
 from scheduler.framework.attributes import PREFIX_MATCH, PrefixMatch
 from scheduler.framework.plugins import Outcome, PluginHandle, RequestRecord
@@ -392,24 +390,14 @@ def main(argv: list[str] | None = None) -> int:
                 if key.startswith("p50_us "):
                     print(f"  {key.removeprefix('p50_us '):<45} {value:8.1f}")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "bench_prediction_cost",
-                "python": sys.version.split()[0],
-                "numpy": np.__version__,
-                "platform": platform.platform(),
-                "machine": platform.machine(),
-                "model": {"size": size, "train_samples": args.train_samples, "train_s": train_s},
-                "prediction": prediction,
-                "decision": decisions,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_report(
+        args.out,
+        "bench_prediction_cost",
+        numpy=np.__version__,
+        model={"size": size, "train_samples": args.train_samples, "train_s": train_s},
+        prediction=prediction,
+        decision=decisions,
     )
-    print(f"wrote {args.out}")
     return 1 if args.check and not ok else 0
 
 

@@ -21,9 +21,7 @@ Prints a table with ratios against ``load-prefix`` and writes ``results/bench_ro
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import sys
 import tempfile
 import time
@@ -43,6 +41,7 @@ from loadtest.fleet import (
     sim_fleet,
     start_gateway,
 )
+from loadtest.report import write_report
 
 PRESETS = ("predicted-latency", "load-prefix", "least-request", "round-robin")
 BASELINE = "load-prefix"
@@ -204,25 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"workload: {spec.describe()}")
     if warmup is not None:
         print(f"warm-up (predicted-latency, state saved then restored): {warmup['workload']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "bench_routing",
-                "python": sys.version.split()[0],
-                "platform": platform.platform(),
-                "args": vars(args) | {"out": str(args.out)},
-                "fleet": sims.describe(),
-                "workload": spec.describe(),
-                "warmup": warmup,
-                "results": results,
-            },
-            indent=2,
-            default=str,
-        )
-        + "\n"
+    write_report(
+        args.out,
+        "bench_routing",
+        args=vars(args) | {"out": str(args.out)},
+        fleet=sims.describe(),
+        workload=spec.describe(),
+        warmup=warmup,
+        results=results,
     )
-    print(f"wrote {args.out}")
     return 0
 
 

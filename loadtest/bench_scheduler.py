@@ -21,17 +21,16 @@ from __future__ import annotations
 import argparse
 import gc
 import heapq
-import json
-import platform
 import random
 import statistics
-import sys
 import time
+from array import array
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from config import load_preset
+from loadtest.report import write_report
 from scheduler.builder import build_scheduler
 from scheduler.datalayer.prefix_index import block_hashes, hash_seed
 from scheduler.framework.plugins import Plugin, PluginHandle
@@ -69,11 +68,12 @@ class PromptMix:
             noise=[rng.randrange(VOCAB) for _ in range(1 << 20)],
         )
 
-    def prompt(self, rng: random.Random) -> list[int]:
+    def prompt(self, rng: random.Random) -> array[int]:
+        """Token ids as the gateway hands them to the scheduler: a uint32 array."""
         prefix = rng.choice(self.prefixes)
         length = rng.randint(self.min_len, self.max_len) - len(prefix)
         start = rng.randrange(len(self.noise) - length)
-        return prefix + self.noise[start : start + length]
+        return array("I", prefix + self.noise[start : start + length])
 
 
 class BreakdownTimer:
@@ -253,24 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in hashing.items():
         print(f"  {name}: {value:.1f}")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "bench_scheduler",
-                "preset": "load-prefix",
-                "python": sys.version.split()[0],
-                "platform": platform.platform(),
-                "machine": platform.machine(),
-                "rows": rows,
-                "breakdowns": breakdowns,
-                "hashing": hashing,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_report(
+        args.out,
+        "bench_scheduler",
+        preset="load-prefix",
+        rows=rows,
+        breakdowns=breakdowns,
+        hashing=hashing,
     )
-    print(f"wrote {args.out}")
     return 1 if args.check and not ok else 0
 
 

@@ -62,14 +62,18 @@ def block_hashes(
     if count <= 0:
         return []
     used = count * block_size
-    try:
-        # Converting a short unused tail is cheaper than copying the list to cut it off.
-        packed = array("I", tokens if len(tokens) - used < used else tokens[:used])
-    except OverflowError as exc:
-        raise ValueError("token ids must lie in [0, 2**32)") from exc
-    if packed.itemsize != 4:  # pragma: no cover - no mainstream platform has a 2- or 8-byte uint
-        raise RuntimeError("array('I') is not 4 bytes wide on this platform")
-    raw = packed.tobytes()
+    if isinstance(tokens, array) and tokens.typecode == "I" and tokens.itemsize == 4:
+        # The gateway's prompts already are uint32 arrays: hash their memory, no copy.
+        raw: bytes | memoryview = memoryview(tokens).cast("B")
+    else:
+        try:
+            # Converting a short unused tail is cheaper than copying the list to cut it off.
+            packed = array("I", tokens if len(tokens) - used < used else tokens[:used])
+        except OverflowError as exc:
+            raise ValueError("token ids must lie in [0, 2**32)") from exc
+        if packed.itemsize != 4:  # pragma: no cover - no mainstream platform has this
+            raise RuntimeError("array('I') is not 4 bytes wide on this platform")
+        raw = packed.tobytes()
     step = block_size * 4
     running = blake2b(seed, digest_size=HASH_BYTES)
     update, digest = running.update, running.digest

@@ -229,3 +229,17 @@ def test_match_equals_brute_force_count_under_random_traffic() -> None:
         index.add(endpoint, request, capacity=12)
         lru = [h for h in lrus.get(endpoint, []) if h not in request[:12]]
         lrus[endpoint] = (lru + list(reversed(request[:12])))[-12:]
+
+
+def test_uint32_arrays_hash_like_lists() -> None:
+    from array import array
+
+    from scheduler.datalayer.prefix_index import block_hashes, hash_seed
+
+    tokens = [(i * 7919) % 100_000 for i in range(1000)]
+    seed = hash_seed("m", 64)
+    as_list = block_hashes(tokens, block_size=64, seed=seed, max_blocks=100)
+    as_array = block_hashes(array("I", tokens), block_size=64, seed=seed, max_blocks=100)
+    assert as_array == as_list
+    assert len(as_list) == 15
+    assert block_hashes(array("I", tokens), block_size=64, seed=seed, max_blocks=3) == as_list[:3]
