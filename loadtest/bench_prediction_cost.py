@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import heapq
 import random
 import statistics
 import time
@@ -38,11 +37,7 @@ import numpy as np
 
 from config import PredictorConfig, load_preset
 from gateway.trainer import gbdt_params
-from loadtest.bench_scheduler import (
-    BreakdownTimer,
-    PromptMix,
-    SimulatedPod,
-)
+from loadtest.bench_scheduler import BreakdownTimer, time_scheduler
 from loadtest.report import write_report
 from scheduler.builder import build_scheduler
 from scheduler.framework.attributes import PREFIX_MATCH, PrefixMatch
@@ -234,63 +229,19 @@ def time_decision(
     seed: int,
     breakdown: bool = False,
 ) -> dict[str, float]:
-    """``bench_scheduler.run`` with a preset argument and requests that end (so the
+    """``bench_scheduler``'s timing with a preset argument and requests that end (so the
     predictor's per-request state is released as in the gateway)."""
-    rng = random.Random(seed)
     timer = BreakdownTimer() if breakdown else NullTimer()
     scheduler = make_scheduler(preset, predictor, seed, timer)
-    mix = PromptMix.build(rng)
-    pool = [
-        SimulatedPod(Endpoint(name=pod_name(i), url=f"http://10.0.{i // 250}.{i % 250}:8000"))
-        for i in range(pods)
-    ]
-    for pod in pool:
-        pod.metrics = pod.scrape(0.0)
-    finishing: list[tuple[int, int, int, InferenceRequest]] = []
-    samples: list[float] = []
-    warmup = max(warmup, 24 * pods)
-    for n in range(warmup + requests):
-        while finishing and finishing[0][0] <= n:
-            _, i, tokens, done = heapq.heappop(finishing)
-            pool[i].active -= 1
-            pool[i].tokens -= tokens
-            scheduler.on_end(done, _record(done, pod_name(i)))
-        for _ in range(max(1, pods // 8)):
-            pod = pool[rng.randrange(pods)]
-            pod.metrics = pod.scrape(float(n))
-        candidates = [Candidate(p.endpoint, p.metrics, InflightLoad(p.active, 0)) for p in pool]
-        prompt = mix.prompt(rng)
-        request = InferenceRequest(
-            request_id=f"r{n}",
-            model="bench-model",
-            api=Api.CHAT,
-            prompt_tokens=prompt,
-            stream=True,
-        )
-        if n == warmup and isinstance(timer, BreakdownTimer):
-            timer.seconds.clear()
-        started = time.perf_counter_ns()
-        result = scheduler.schedule(request, candidates)
-        scheduler.pre_request(request, result)
-        elapsed = time.perf_counter_ns() - started
-        if n >= warmup:
-            samples.append(elapsed / 1000)
-        i = int(result.target.name.removeprefix("pod-"))
-        tokens = len(prompt) + rng.randint(100, 800)
-        pool[i].active += 1
-        pool[i].tokens += tokens
-        heapq.heappush(finishing, (n + rng.randint(8 * pods, 24 * pods), i, tokens, request))
-    samples.sort()
-    row: dict[str, float] = {
-        "pods": pods,
-        "p50_us": samples[len(samples) // 2],
-        "p99_us": samples[int(len(samples) * 0.99)],
-        "mean_us": statistics.fmean(samples),
-    }
-    if isinstance(timer, BreakdownTimer):
-        for key, values in timer.seconds.items():
-            row[f"p50_us {key}"] = statistics.median(values) * 1e6
-    return row
+    return time_scheduler(
+        scheduler,
+        timer,
+        pods,
+        requests=requests,
+        warmup=warmup,
+        seed=seed,
+        on_end=lambda request, endpoint: scheduler.on_end(request, _record(request, endpoint)),
+    )
 
 
 def _record(request: InferenceRequest, endpoint: str) -> RequestRecord:

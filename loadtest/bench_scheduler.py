@@ -26,6 +26,7 @@ import statistics
 import time
 from array import array
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,9 +122,31 @@ class SimulatedPod:
 def run(
     pods: int, *, requests: int, warmup: int, seed: int, breakdown: bool = False
 ) -> dict[str, float]:
-    rng = random.Random(seed)
+    """The load-prefix preset's cost per request on a simulated pool of ``pods``."""
     timer = BreakdownTimer() if breakdown else NullTimer()
-    scheduler = make_scheduler(seed, timer)
+    row = time_scheduler(
+        make_scheduler(seed, timer), timer, pods, requests=requests, warmup=warmup, seed=seed
+    )
+    row["target_us"] = TARGET_BASE_US + TARGET_PER_POD_US * pods
+    return row
+
+
+def time_scheduler(
+    scheduler: Scheduler,
+    timer: PluginTimer,
+    pods: int,
+    *,
+    requests: int,
+    warmup: int,
+    seed: int,
+    on_end: Callable[[InferenceRequest, str], None] | None = None,
+) -> dict[str, float]:
+    """Time ``schedule`` + ``pre_request`` per request on a pool whose load follows the picks.
+
+    ``on_end(request, endpoint)`` is called when a request finishes (not timed), for schedulers
+    that keep per-request state until then.
+    """
+    rng = random.Random(seed)
     mix = PromptMix.build(rng)
     pool = [
         SimulatedPod(Endpoint(name=f"pod-{i}", url=f"http://10.0.{i // 250}.{i % 250}:8000"))
@@ -131,7 +154,8 @@ def run(
     ]
     for pod in pool:
         pod.metrics = pod.scrape(0.0)
-    finishing: list[tuple[int, int, int]] = []  # (request number it ends at, pod, tokens)
+    # (request number it ends at, pod, tokens, request)
+    finishing: list[tuple[int, int, int, InferenceRequest]] = []
     samples: list[float] = []
     pre_request: list[float] = []
     # Warm up until requests finish as fast as they start (each lasts 8-24 requests per pod).
@@ -139,9 +163,11 @@ def run(
     for n in range(warmup + requests):
         # Not timed: requests finish, a few endpoints get scraped, the store builds candidates.
         while finishing and finishing[0][0] <= n:
-            _, i, tokens = heapq.heappop(finishing)
+            _, i, tokens, done = heapq.heappop(finishing)
             pool[i].active -= 1
             pool[i].tokens -= tokens
+            if on_end is not None:
+                on_end(done, pool[i].endpoint.name)
         for _ in range(max(1, pods // 8)):
             pod = pool[rng.randrange(pods)]
             pod.metrics = pod.scrape(float(n))
@@ -169,7 +195,7 @@ def run(
         tokens = len(prompt) + rng.randint(100, 800)
         pool[i].active += 1
         pool[i].tokens += tokens
-        heapq.heappush(finishing, (n + rng.randint(8 * pods, 24 * pods), i, tokens))
+        heapq.heappush(finishing, (n + rng.randint(8 * pods, 24 * pods), i, tokens, request))
     samples.sort()
     row: dict[str, float] = {
         "pods": pods,
@@ -177,7 +203,6 @@ def run(
         "p50_us": samples[len(samples) // 2],
         "p99_us": samples[int(len(samples) * 0.99)],
         "mean_us": statistics.fmean(samples),
-        "target_us": TARGET_BASE_US + TARGET_PER_POD_US * pods,
     }
     if isinstance(timer, BreakdownTimer):
         for key, values in timer.seconds.items():
