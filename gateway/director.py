@@ -322,6 +322,7 @@ class Director:
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, headers=headers)
         scanner, clock, content = attempt.scanner, self._clock, upstream.content
+        relayed = self._store.inflight.chunk  # times the endpoint's engine steps
         try:
             await response.prepare(request)
             while True:
@@ -339,6 +340,7 @@ class Director:
                     await response.write_eof()
                     break
                 now = clock()
+                relayed(ireq.request_id, now)
                 if scanner.feed(chunk, now):
                     self._first_token(ireq, attempt, now)
                 if content.at_eof():

@@ -49,9 +49,10 @@ from scheduler.framework.types import (
     EndpointMetrics,
     InferenceRequest,
     InflightLoad,
+    StepTiming,
 )
 from scheduler.plugins import builtin_registry
-from scheduler.predictor.features import N_FEATURES
+from scheduler.predictor.features import N_FEATURES, UNKNOWN
 from scheduler.predictor.model import PredictorModel
 from scheduler.predictor.runtime import LATENCY_PREDICTOR, LatencyPredictor
 from scheduler.predictor.training import TrainingJob, train_generation
@@ -82,6 +83,11 @@ def synthetic_window(rng: np.random.Generator, n: int, pods: int) -> dict[str, W
     uncached = np.round(prompt * (1 - prefix))
     max_tokens = rng.integers(16, 1024, size=n).astype(float)
     prefill_wait = np.where(inflight_prefill > 0, rng.exponential(0.1, n), 0.0)
+    # Engine steps: observable while something decodes; a new request waits out the one in
+    # progress.
+    step_interval = np.where(running > 0, (0.011 + 3e-4 * running) / speed[endpoint], UNKNOWN)
+    step_phase = np.where(running > 0, rng.random(n) * np.maximum(step_interval, 0.0), UNKNOWN)
+    step_remaining = np.maximum(step_interval - step_phase, 0.0)
     X = np.column_stack(
         [
             kv,
@@ -94,13 +100,15 @@ def synthetic_window(rng: np.random.Generator, n: int, pods: int) -> dict[str, W
             uncached,
             max_tokens,
             prefill_wait,
+            step_phase,
+            step_interval,
         ]
     )
     assert X.shape[1] == N_FEATURES
     s = speed[endpoint]
     noise = rng.lognormal(0, 0.1, n)
     remaining = np.maximum(inflight_prefill - 10_000 * prefill_wait, 0.0)
-    ttft = (0.011 + 8e-5 * (remaining + uncached) + 3e-4 * running) / s * noise
+    ttft = (0.011 + 8e-5 * (remaining + uncached) + 3e-4 * running) / s * noise + step_remaining
     tpot = (0.011 + 1e-4 * running + 2e-7 * running * prompt) / s * noise
     e2e = ttft + tpot * max_tokens
     names = tuple(pod_name(i) for i in range(pods))
@@ -163,6 +171,10 @@ def random_candidates(rng: random.Random, pods: int) -> list[Candidate]:
                 num_gpu_blocks=27_000,
             ),
             InflightLoad(running + waiting, rng.choice((0, 0, rng.randint(100, 8000)))),
+            # Steps are timed while something decodes (as the gateway sees them).
+            StepTiming(time.perf_counter() - rng.random() * 0.02, 0.011 + 3e-4 * running)
+            if running
+            else None,
         )
         c.attributes.put(PREFIX_MATCH, PrefixMatch(rng.choice((0, 0, 0, 16, 32)), 32, 64))
         out.append(c)

@@ -4,37 +4,121 @@ Counts what the gateway dispatched and has not seen finish, which is fresher tha
 it changes the instant a request is dispatched. ``prefill_tokens`` holds the uncached prompt
 tokens of requests that have not produced a first token yet (they are still in prefill);
 they are released at the first token, or at the end for requests that never stream one.
+
+It also times each endpoint's engine steps from the chunks the gateway relays (:meth:`chunk`,
+called by the director for every chunk of a streamed response). A model server sends every
+running stream one chunk per engine step, so:
+
+- the last chunk relayed from an endpoint marks about when its last step ended;
+- the gap between two consecutive chunks of one stream is one step's duration. The endpoint's
+  ``interval_s`` is an exponentially weighted mean of these gaps, fed once per step, so a step
+  counts once however many streams it served: by the first chunk of a stream that already had
+  a chunk in the latest step seen (a chunk of a stream that had none belongs to that step).
+
+Step timing is reported only while at least one stream from the endpoint has produced a chunk
+and not finished: otherwise the endpoint is idle or all its requests are in prefill, and the
+last chunk says nothing about the step in progress.
+
+Each request also learns when its endpoint could begin it (:meth:`started_at`): at the first
+chunk relayed from the endpoint after its dispatch, which ends the step that was in progress
+when it arrived (the engine admits new requests between steps). Per chunk: a dict lookup and a
+few float writes, plus one write per request dispatched since the endpoint's previous chunk.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
-from scheduler.framework.types import NO_INFLIGHT, InflightLoad
+from scheduler.framework.types import NO_INFLIGHT, InflightLoad, StepTiming
+
+STEP_SMOOTHING = 0.5
+"""Weight of the newest step in ``interval_s``: steps change with the batch, so recent ones
+count most."""
+
+
+@dataclass(slots=True)
+class _Steps:
+    """One endpoint's step clock (mutable; read through :meth:`InflightTracker.steps`)."""
+
+    streams: int = 0
+    """Streams that have relayed at least one chunk and not finished."""
+    last_chunk_at: float = 0.0
+    step_at: float = -math.inf
+    """When the first chunk of the latest timed step arrived."""
+    unstarted: dict[str, _Entry] = field(default_factory=dict)
+    """Requests dispatched since the endpoint's last chunk."""
+    interval_s: float = -1.0
+    """Negative until a step has been timed."""
 
 
 @dataclass(slots=True)
 class _Entry:
     endpoint: str
     prefill_tokens: int
+    steps: _Steps
+    last_chunk_at: float | None = None
+    """This stream's latest chunk."""
+    started_at: float | None = None
+    """The endpoint's first chunk after this request's dispatch."""
 
 
 class InflightTracker:
-    __slots__ = ("_by_request", "_loads")
+    __slots__ = ("_by_request", "_loads", "_steps")
 
     def __init__(self) -> None:
         self._by_request: dict[str, _Entry] = {}
         self._loads: dict[str, InflightLoad] = {}
+        self._steps: dict[str, _Steps] = {}
 
     def load(self, endpoint: str) -> InflightLoad:
         return self._loads.get(endpoint, NO_INFLIGHT)
 
+    def steps(self, endpoint: str) -> StepTiming | None:
+        """A snapshot of the endpoint's step timing, or ``None`` while it is not observable
+        (no stream relaying chunks from there, or no step timed yet)."""
+        steps = self._steps.get(endpoint)
+        if steps is None or not steps.streams or steps.interval_s < 0:
+            return None
+        return StepTiming(steps.last_chunk_at, steps.interval_s)
+
+    def started_at(self, request_id: str) -> float | None:
+        """When the request's endpoint could begin it: the first chunk relayed from there after
+        its dispatch; ``None`` before that chunk (or for a request not in flight)."""
+        entry = self._by_request.get(request_id)
+        return None if entry is None else entry.started_at
+
     def dispatched(self, request_id: str, endpoint: str, prefill_tokens: int) -> None:
         if request_id in self._by_request:
             raise ValueError(f"request {request_id!r} is already in flight")
-        self._by_request[request_id] = _Entry(endpoint, prefill_tokens)
+        steps = self._steps.get(endpoint)
+        if steps is None:
+            steps = self._steps[endpoint] = _Steps()
+        entry = self._by_request[request_id] = _Entry(endpoint, prefill_tokens, steps)
+        steps.unstarted[request_id] = entry
         cur = self.load(endpoint)
         self._loads[endpoint] = InflightLoad(cur.requests + 1, cur.prefill_tokens + prefill_tokens)
+
+    def chunk(self, request_id: str, now: float) -> None:
+        """A chunk of the request's streamed response was relayed at ``now`` (hot path)."""
+        entry = self._by_request.get(request_id)
+        if entry is None:
+            return
+        steps = entry.steps
+        if steps.unstarted:
+            for waiting in steps.unstarted.values():
+                waiting.started_at = now
+            steps.unstarted.clear()
+        previous = entry.last_chunk_at
+        entry.last_chunk_at = now
+        if previous is None:
+            steps.streams += 1
+        elif previous >= steps.step_at:  # the stream's chunk of a step after the latest one
+            steps.step_at = now
+            gap = now - previous
+            interval = steps.interval_s
+            steps.interval_s = gap if interval < 0 else interval + STEP_SMOOTHING * (gap - interval)
+        steps.last_chunk_at = now
 
     def first_token(self, request_id: str) -> None:
         entry = self._by_request.get(request_id)
@@ -50,6 +134,10 @@ class InflightTracker:
         entry = self._by_request.pop(request_id, None)
         if entry is None:
             return
+        if entry.last_chunk_at is not None:
+            entry.steps.streams -= 1
+        if entry.started_at is None:
+            entry.steps.unstarted.pop(request_id, None)
         cur = self.load(entry.endpoint)
         self._loads[entry.endpoint] = InflightLoad(
             cur.requests - 1, cur.prefill_tokens - entry.prefill_tokens

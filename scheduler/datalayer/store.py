@@ -142,7 +142,18 @@ class EndpointStore:
                 continue
             health = self.health(name, now)
             if health is Health.UP:
-                fresh.append(Candidate(state.endpoint, state.metrics, self.inflight.load(name)))
+                fresh.append(
+                    Candidate(
+                        state.endpoint,
+                        state.metrics,
+                        self.inflight.load(name),
+                        self.inflight.steps(name),
+                    )
+                )
             elif health is Health.UNKNOWN:
-                unknown.append(Candidate(state.endpoint, None, self.inflight.load(name)))
+                unknown.append(
+                    Candidate(
+                        state.endpoint, None, self.inflight.load(name), self.inflight.steps(name)
+                    )
+                )
         return fresh or unknown

@@ -58,6 +58,24 @@ class InflightLoad:
 NO_INFLIGHT = InflightLoad()
 
 
+@dataclass(slots=True)
+class StepTiming:
+    """An endpoint's engine-step clock, as the gateway sees it in the streams it relays.
+
+    A model server sends every running stream one chunk per engine step, so the arrival times of
+    relayed chunks mark the endpoint's step boundaries. A snapshot taken once per scheduling
+    cycle, like :class:`InflightLoad`; not frozen because one is built per candidate on every
+    request (a frozen dataclass costs 2.6x as much to construct).
+    """
+
+    last_chunk_at: float
+    """Monotonic time of the last chunk relayed from the endpoint: about when its last step
+    ended."""
+    interval_s: float
+    """Smoothed duration of the endpoint's recent steps (gaps between consecutive chunks of one
+    stream, one sample per step)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Slo:
     """Per-request latency objectives in milliseconds; ``None`` means unconstrained."""
@@ -136,20 +154,24 @@ class Candidate:
     """An endpoint as seen by one scheduling cycle.
 
     ``metrics`` is ``None`` when the endpoint's scraped metrics are missing or stale: scorers
-    treat it as unknown load.
+    treat it as unknown load. ``steps`` is ``None`` when no stream this gateway relays from the
+    endpoint has produced a chunk yet (idle, or every request there still in prefill), or no
+    step has been timed yet.
     """
 
-    __slots__ = ("attributes", "endpoint", "inflight", "metrics")
+    __slots__ = ("attributes", "endpoint", "inflight", "metrics", "steps")
 
     def __init__(
         self,
         endpoint: Endpoint,
         metrics: EndpointMetrics | None,
         inflight: InflightLoad = NO_INFLIGHT,
+        steps: StepTiming | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.metrics = metrics
         self.inflight = inflight
+        self.steps = steps
         self.attributes = Attributes()
 
     @property

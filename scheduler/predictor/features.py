@@ -17,13 +17,27 @@ Columns (llm-d's schema, plus what measurably helps here):
 ``uncached_tokens``     prompt tokens the endpoint would have to prefill for this request
 ``max_tokens``          the request's ``max_tokens`` (``-1`` when absent); used by the e2e model
 ``prefill_wait``        how long the oldest streamed request this gateway sent there has been
-                        waiting for its first token, in seconds divided by the endpoint's learned
-                        latency factor (0 when none waits); see below
+                        waiting for its first token, since the endpoint could begin it, in
+                        seconds divided by the endpoint's learned latency factor (0 when none
+                        waits); see below
+``step_phase``          seconds since the last chunk relayed from the endpoint: how far its
+                        engine step in progress has got (``-1`` when not observable: no stream
+                        relaying chunks from there)
+``step_interval``       the endpoint's smoothed engine-step duration, in seconds (``-1`` unknown)
 ======================  ==========================================================================
+
+Both step columns are divided by the endpoint's latency factor like ``prefill_wait``, and come
+from the gateway's observation of the chunks it relays (``Candidate.steps``,
+``scheduler.datalayer.inflight``): a model server sends every running stream one chunk per
+engine step. A request that arrives mid-step waits for the step in progress to end before the
+engine admits it; for a short prompt that wait is a large part of its TTFT.
 
 ``prefill_wait`` is the predictor's own bookkeeping (``LatencyPredictor.feature_rows`` fills it):
 ``inflight_prefill`` says how much prompt work is queued ahead, but not how far the endpoint has
-got with it; the age of the oldest request still without a first token does. Dividing by the
+got with it; the age of the oldest request still without a first token does. The age counts
+from when the endpoint could begin that request (the first chunk relayed from the endpoint after
+its dispatch, which ends the step that was in progress; the dispatch when no chunk came since,
+or when the predictor has no tracker to ask). Dividing by the
 endpoint's latency factor (``exp`` of its TTFT offset, 1 before there is a model) turns the age
 into work done at pool-average speed, comparable across fast and slow endpoints. Measured on the
 simulated fleet (``docs/predictor.md``), it is the feature that most reduces TTFT error under load.
@@ -39,7 +53,7 @@ latency, which the model learns as a per-endpoint offset in log space (see ``mod
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -57,6 +71,8 @@ FEATURES: tuple[str, ...] = (
     "uncached_tokens",
     "max_tokens",
     "prefill_wait",
+    "step_phase",
+    "step_interval",
 )
 N_FEATURES = len(FEATURES)
 (
@@ -70,20 +86,33 @@ N_FEATURES = len(FEATURES)
     UNCACHED,
     MAX_TOKENS,
     PREFILL_WAIT,
+    STEP_PHASE,
+    STEP_INTERVAL,
 ) = range(N_FEATURES)
 
 DERIVED: tuple[str, ...] = ("prefill_remaining", "prefill_before_first_token")
 
 UNKNOWN = -1.0
 
+ABSENT: tuple[float, ...] = (*([0.0] * (N_FEATURES - 2)), UNKNOWN, UNKNOWN)
+"""Per column, its value in a row recorded before the column existed (a window saved by an
+older version): ``prefill_wait`` 0 (as when nothing waits), the step columns unknown."""
+
 
 def feature_rows(
     request: InferenceRequest,
     candidates: Sequence[Candidate],
     prefill_wait: Sequence[float] | None = None,
+    *,
+    now: float | None = None,
+    speed: Mapping[str, float] | None = None,
 ) -> np.ndarray:
-    """One float64 row per candidate, in candidate order (``prefill_wait`` 0 when not given)."""
+    """One float64 row per candidate, in candidate order (``prefill_wait`` 0 when not given).
+
+    The step columns need ``now``, the time the rows describe (unknown without it); they are
+    in seconds times ``speed[endpoint]`` (pool-average seconds; 1 for an endpoint not in it)."""
     prompt = request.prompt_len
+    speed_of = (speed or {}).get
     max_tokens = UNKNOWN if request.max_tokens is None else float(request.max_tokens)
     # One flat list and one conversion: per-candidate work is what costs at 256 endpoints
     # (see loadtest/bench_prediction_cost.py); the prefix match is read field by field for
@@ -107,6 +136,12 @@ def feature_rows(
         else:
             extend((m.kv_usage, m.waiting, m.running))
         extend((load.requests, load.prefill_tokens, prompt, fraction, uncached, max_tokens, 0.0))
+        steps = c.steps
+        if steps is None or now is None:
+            extend((UNKNOWN, UNKNOWN))
+        else:
+            f = speed_of(c.endpoint.name, 1.0)
+            extend(((now - steps.last_chunk_at) * f, steps.interval_s * f))
     out = np.array(flat, dtype=np.float64).reshape(len(candidates), N_FEATURES)
     if prefill_wait is not None:
         out[:, PREFILL_WAIT] = prefill_wait

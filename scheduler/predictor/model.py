@@ -1,7 +1,9 @@
 """A trained latency model: boosted trees in log space plus a speed offset per endpoint.
 
-Latency is predicted as ``exp(trees(x) + offset[endpoint])``. The trees learn how load shapes
-latency (queueing, prefill work, batch size); the offset learns how fast each endpoint is.
+Latency is predicted as ``exp(trees(x) + offset[endpoint])``, times ``base(x)`` for a model
+with an analytic part (``base.py``: TTFT, linear in the prompt work before the first token).
+The trees learn how load shapes latency (queueing, prefill work, batch size); the offset learns
+how fast each endpoint is.
 On a heterogeneous pool (different GPUs, model configs) an endpoint twice as fast serves the
 same load in half the time, which is a constant shift in log space, so one shared tree ensemble
 plus one number per endpoint covers the pool with few samples per endpoint.
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scheduler.predictor.base import LinearBase
 from scheduler.predictor.features import DERIVED, N_FEATURES, derived_columns
 from scheduler.predictor.gbdt import ObliviousGbdt
 
@@ -55,6 +58,9 @@ class TargetModel:
     prefill_rate: float | None = None
     """Learned prompt tokens per pool-average second; when set, the trees also read
     ``features.derived_columns`` at this rate, after ``columns``."""
+    base: LinearBase | None = None
+    """The analytic part (``base.py``, needs ``prefill_rate``): the trees and the offset
+    model ``log(latency) - log(base(row))``."""
     _columns: np.ndarray = field(init=False, repr=False, compare=False)
     _wide: ObliviousGbdt | None = field(init=False, repr=False, compare=False)
     """The same trees reading full rows plus the derived columns (``WIDE_COLUMNS``), so the
@@ -62,6 +68,8 @@ class TargetModel:
     when ``gbdt`` cannot be re-indexed (then :meth:`predict_wide` takes the plain path)."""
 
     def __post_init__(self) -> None:
+        if self.base is not None and self.prefill_rate is None:
+            raise ValueError("a base needs a prefill rate (it reads the derived columns)")
         columns = np.asarray(self.columns, dtype=np.intp)
         object.__setattr__(self, "_columns", columns)
         if self.prefill_rate is not None:
@@ -91,6 +99,10 @@ class TargetModel:
     def predict_log(self, X: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         inputs = tree_inputs(X, self._columns, self.prefill_rate)
         out: np.ndarray = self.gbdt.predict(inputs) + offsets
+        if self.base is not None and self.prefill_rate is not None:
+            wide = widen(X)
+            derived_columns(X, self.prefill_rate, out=wide[:, N_FEATURES:])
+            out += self.base.predict_log(wide)
         return out
 
     def predict(self, X: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -106,6 +118,8 @@ class TargetModel:
             derived_columns(wide, self.prefill_rate, out=wide[:, N_FEATURES:])
         out: np.ndarray = self._wide.predict(wide)
         out += offsets
+        if self.base is not None:
+            out += self.base.predict_log(wide)
         np.exp(out, out=out)
         return out
 
@@ -151,6 +165,9 @@ def model_to_arrays(model: PredictorModel) -> dict[str, np.ndarray]:
         out[f"{p}.columns"] = np.array(target.columns, dtype=np.int64)
         if target.prefill_rate is not None:
             out[f"{p}.prefill_rate"] = np.array(target.prefill_rate)
+        if target.base is not None:
+            out[f"{p}.base.coef"] = np.array(target.base.coef, dtype=np.float64)
+            out[f"{p}.base.floor"] = np.array(target.base.floor)
         for kind, table in (("offsets", target.offsets), ("shape_offsets", target.shape_offsets)):
             out[f"{p}.{kind}.names"] = np.array(list(table), dtype=np.str_)
             out[f"{p}.{kind}.values"] = np.array(list(table.values()), dtype=np.float64)
@@ -184,6 +201,14 @@ def model_from_arrays(arrays: Mapping[str, np.ndarray]) -> PredictorModel:
             shape_offsets=tables["shape_offsets"],
             prefill_rate=(
                 float(arrays[f"{name}.prefill_rate"]) if f"{name}.prefill_rate" in arrays else None
+            ),
+            base=(
+                LinearBase(
+                    tuple(float(c) for c in arrays[f"{name}.base.coef"]),
+                    float(arrays[f"{name}.base.floor"]),
+                )
+                if f"{name}.base.coef" in arrays
+                else None
             ),
         )
     return PredictorModel(

@@ -34,7 +34,7 @@ from scheduler.predictor.features import INFLIGHT_PREFILL, PREFILL_WAIT, derived
 OFFSET_SHRINK_SAMPLES = 3.0
 """Prior weight, in samples, of the pool average in an endpoint's offset (ridge penalty)."""
 
-PREFILL_RATE_GRID = tuple(1000.0 * 2 ** (k / 2) for k in range(15))
+PREFILL_RATE_GRID = tuple(1000.0 * 2 ** (k / 4) for k in range(29))
 """Candidate prefill rates, 1k to 128k prompt tokens per pool-average second."""
 
 _STEP_QUANTILES = np.linspace(0.1, 0.9, 7)

@@ -14,7 +14,11 @@ Only successful requests train. Each sample reuses the feature row captured at s
 The predictor also keeps, per endpoint, the streamed requests still waiting for their first
 token (in dispatch order): the age of the oldest is the ``prefill_wait`` feature, which
 :meth:`LatencyPredictor.feature_rows` adds to the rows built by ``features.feature_rows``.
-Non-streamed requests are left out: their first token is never seen.
+Non-streamed requests are left out: their first token is never seen. The age counts from when
+the endpoint began working on the oldest request: the later of when it could begin it (which the
+gateway's in-flight tracker knows from the chunks it relays: ``started``, injected; without it,
+the dispatch) and when the request ahead of it got its first token (a model server prefills in
+arrival order, so the one behind gets the engine's prompt work from then on).
 """
 
 from __future__ import annotations
@@ -92,8 +96,12 @@ class LatencyPredictor:
         shape_label: str | None = None,
         accuracy_window: int = 500,
         pending_ttl_s: float = 600.0,
+        started: Callable[[str], float | None] | None = None,
     ) -> None:
         self._clock = clock
+        self.started = started
+        """When a dispatched request's endpoint could begin it (``InflightTracker.started_at``),
+        or ``None`` when not known yet; without it, requests count from their dispatch."""
         self.hooks: PredictorHooks = NoHooks()
         self.shape_label = shape_label
         self.model: PredictorModel | None = None
@@ -109,6 +117,9 @@ class LatencyPredictor:
         self._pending: dict[str, _Pending] = {}
         self._awaiting_first: dict[str, dict[str, float]] = {}
         """Per endpoint: streamed request id -> dispatch time, until its first token or end."""
+        self._head_since: dict[str, float] = {}
+        """Per endpoint with requests awaiting a first token: when the last request ahead of
+        them left prefill (first token, or an end without one)."""
         self._model_cache: _ModelCache | None = None
         self._dispatches = 0
         self._fallback_active: bool | None = None
@@ -147,31 +158,55 @@ class LatencyPredictor:
     def feature_rows(
         self, request: InferenceRequest, candidates: Sequence[Candidate]
     ) -> np.ndarray:
-        """``features.feature_rows`` with this predictor's ``prefill_wait`` column filled in."""
-        return feature_rows(request, candidates, self.prefill_wait(candidates))
+        """``features.feature_rows`` with this predictor's ``prefill_wait`` column filled in,
+        and the step columns at pool-average speed."""
+        now = self._clock()
+        return feature_rows(
+            request,
+            candidates,
+            self.prefill_wait(candidates, now=now),
+            now=now,
+            speed=self._cached(self.model).speed,
+        )
 
-    def prefill_wait(self, candidates: Sequence[Candidate]) -> list[float]:
-        """Per candidate: age of its oldest request awaiting a first token, in seconds at
-        pool-average speed (times the endpoint's learned TTFT speed, ``exp(-offset)``; 1 for
-        an endpoint without an offset of its own)."""
+    def prefill_wait(
+        self, candidates: Sequence[Candidate], *, now: float | None = None
+    ) -> list[float]:
+        """Per candidate: age of its oldest request awaiting a first token (since the endpoint
+        could begin it), in seconds at pool-average speed (times the endpoint's learned TTFT
+        speed, ``exp(-offset)``; 1 for an endpoint without an offset of its own)."""
         awaiting = self._awaiting_first
         if not awaiting:
             return [0.0] * len(candidates)
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         speed = self._cached(self.model).speed
+        start = self._start_of
         if len(awaiting) > len(candidates):
             return [
-                (now - next(iter(queue.values()))) * speed.get(c.endpoint.name, 1.0)
-                if (queue := awaiting.get(c.endpoint.name))
+                (now - start(name, queue)) * speed.get(name, 1.0)
+                if (queue := awaiting.get(name := c.endpoint.name))
                 else 0.0
                 for c in candidates
             ]
         waits = {
-            endpoint: (now - next(iter(queue.values()))) * speed.get(endpoint, 1.0)
+            endpoint: (now - start(endpoint, queue)) * speed.get(endpoint, 1.0)
             for endpoint, queue in awaiting.items()
         }
         get = waits.get
         return [get(c.endpoint.name, 0.0) for c in candidates]
+
+    def _start_of(self, endpoint: str, queue: dict[str, float]) -> float:
+        """When the endpoint began working on the oldest request of ``queue``: the later of when
+        it could begin it and when the request ahead of it left prefill."""
+        request_id, at = next(iter(queue.items()))
+        started = self.started
+        if started is not None:
+            began = started(request_id)
+            if began is not None:
+                at = began
+        since = self._head_since.get(endpoint)
+        return at if since is None or since < at else since
 
     def predict(
         self, rows: np.ndarray, candidates: Sequence[Candidate], *, stream: bool | None = None
@@ -272,7 +307,7 @@ class LatencyPredictor:
         if pending is None or not pending.stream or pending.first_token_at is not None:
             return
         pending.first_token_at = now
-        self._no_longer_awaiting(request_id, pending.endpoint)
+        self._left_prefill(request_id, pending.endpoint, now)
         ttft = now - pending.dispatched_at
         self.windows["ttft"].add(pending.row, ttft, pending.endpoint)
         if pending.prediction is not None and pending.prediction.ttft_s is not None:
@@ -284,7 +319,7 @@ class LatencyPredictor:
         if pending is None:
             return
         if pending.stream and pending.first_token_at is None:
-            self._no_longer_awaiting(request_id, pending.endpoint)
+            self._left_prefill(request_id, pending.endpoint, record.ended_at)
         if record.outcome is not Outcome.SUCCESS or record.status >= 400:
             return
         if pending.stream:
@@ -306,12 +341,24 @@ class LatencyPredictor:
             pending = self._pending.pop(request_id)
             self._no_longer_awaiting(request_id, pending.endpoint)
 
+    def _left_prefill(self, request_id: str, endpoint: str, now: float) -> None:
+        """The request got its first token (or ended without one) at ``now``: the endpoint's
+        prompt work goes to the requests behind it from then on (when it was the oldest: one
+        that overtook it, a short prompt finished in a step shared with it, says nothing about
+        the oldest's progress)."""
+        queue = self._awaiting_first.get(endpoint)
+        was_head = queue is not None and next(iter(queue)) == request_id
+        self._no_longer_awaiting(request_id, endpoint)
+        if was_head and endpoint in self._awaiting_first:
+            self._head_since[endpoint] = now
+
     def _no_longer_awaiting(self, request_id: str, endpoint: str) -> None:
         queue = self._awaiting_first.get(endpoint)
         if queue is not None:
             queue.pop(request_id, None)
             if not queue:
                 del self._awaiting_first[endpoint]
+                self._head_since.pop(endpoint, None)
 
     @property
     def in_flight(self) -> int:

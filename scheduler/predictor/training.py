@@ -6,7 +6,9 @@ Pure numpy, no I/O: it runs in a worker process. Steps, in log space:
    pool's prefill rate, from one additive least-squares model of load plus an indicator per
    endpoint (``offsets.py``: fitting load and speed together is what separates a slow endpoint
    from the load its slowness causes);
-2. the full model fits ``log(y) - offset[endpoint]``: the load response shared by the pool;
+2. for TTFT, an analytic line in the prompt work before the first token (``base.py``), whose
+   fit also settles the prefill rate; the trees fit ``log(y) - offset[endpoint] - log(base)``:
+   the load response shared by the pool;
 3. on the held-out samples the new model, the previous one and the load heuristic are scored:
    MAPE (and pinball loss and coverage for a quantile objective), and Spearman rank correlation
    with the actual latency, which is what routing needs: ordering endpoints correctly.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scheduler.predictor.base import fit_base
 from scheduler.predictor.boosting import fit_gbdt
 from scheduler.predictor.features import (
     INFLIGHT,
@@ -31,11 +34,14 @@ from scheduler.predictor.features import (
     PREFIX,
     PROMPT,
     RUNNING,
+    STEP_INTERVAL,
+    STEP_PHASE,
     UNCACHED,
     WAITING,
+    derived_columns,
 )
 from scheduler.predictor.gbdt import GbdtParams
-from scheduler.predictor.model import PredictorModel, TargetModel, tree_inputs
+from scheduler.predictor.model import PredictorModel, TargetModel, tree_inputs, widen
 from scheduler.predictor.offsets import (
     OFFSET_SHRINK_SAMPLES as OFFSET_SHRINK_SAMPLES,
     fit_offsets as fit_offsets,
@@ -88,7 +94,17 @@ def fit_target(
     offsets = dict(previous.offsets) if previous is not None else {}
     offsets.update(fit_offsets(X, y_log, train.endpoint, train.endpoints))
     row_offsets = _row_offsets(train, offsets)
-    gbdt = fit_gbdt(X, y_log - row_offsets, params, rng=rng)
+    residual = y_log - row_offsets
+    base = None
+    if target in BASE_TARGETS and prefill_rate is not None:
+        fitted = fit_base(train.X, np.exp(residual))
+        if fitted is not None:
+            prefill_rate, base = fitted
+            X = tree_inputs(train.X, columns, prefill_rate)
+            wide = widen(train.X)
+            derived_columns(train.X, prefill_rate, out=wide[:, N_FEATURES:])
+            residual = residual - base.predict_log(wide)
+    gbdt = fit_gbdt(X, residual, params, rng=rng)
     model = TargetModel(
         target=target,
         gbdt=gbdt,
@@ -96,6 +112,7 @@ def fit_target(
         offsets=offsets,
         shape_offsets=_shape_offsets(offsets, shapes),
         prefill_rate=prefill_rate,
+        base=base,
     )
 
     new_eval = evaluate(model, test, params) if len(test) else None
@@ -116,6 +133,11 @@ def fit_target(
 
 _DERIVED_FROM = (INFLIGHT_PREFILL, PREFILL_WAIT, UNCACHED)
 """A target whose columns include these also reads ``features.derived_columns``."""
+
+BASE_TARGETS = frozenset({"ttft"})
+"""Targets modelled on top of an analytic line (``base.py``); its fit also settles the prefill
+rate the trees read. The e2e and TPOT latencies are dominated by decoding, which the line does
+not describe."""
 
 ACCEPT_TOLERANCE = 1.02
 """A new model replaces the previous one unless its held-out loss is more than 2 % worse."""
@@ -209,6 +231,8 @@ TARGET_COLUMNS: Mapping[str, tuple[int, ...]] = {
         PREFIX,
         UNCACHED,
         PREFILL_WAIT,
+        STEP_PHASE,
+        STEP_INTERVAL,
     ),
     "tpot": (KV, WAITING, RUNNING, INFLIGHT, INFLIGHT_PREFILL, PROMPT),
     "e2e": tuple(range(N_FEATURES)),

@@ -11,8 +11,9 @@ prefix match in quarters. Storage is a numpy ring per bucket, so a snapshot for 
 few array concatenations, not a walk over Python objects.
 
 Rows narrower than ``features.N_FEATURES`` (a window saved before a column was appended to the
-schema) are padded with zeros, so a restart after an upgrade keeps its samples; rows wider than
-the schema are refused.
+schema) are padded with each missing column's ``features.ABSENT`` value (0, or unknown for the
+step columns), so a restart after an upgrade keeps its samples; rows wider than the schema are
+refused.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scheduler.predictor.features import KV, N_FEATURES, PREFIX, WAITING
+from scheduler.predictor.features import ABSENT, KV, N_FEATURES, PREFIX, WAITING
 
 _QUEUE_EDGES = (1, 3, 6, 11)
 
@@ -63,7 +64,7 @@ class WindowArrays:
         if X.ndim != 2 or X.shape[1] > N_FEATURES:
             raise ValueError(f"{prefix}.X: expected (rows, <= {N_FEATURES}), got {X.shape}")
         if X.shape[1] < N_FEATURES:
-            X = np.pad(X, ((0, 0), (0, N_FEATURES - X.shape[1])))
+            X = np.concatenate([X, np.tile(_ABSENT[X.shape[1] :], (len(X), 1))], axis=1)
         return cls(
             X=X,
             y=np.asarray(arrays[f"{prefix}.y"], dtype=np.float64),
@@ -180,13 +181,16 @@ class StratifiedWindow:
 
 
 def _schema_row(row: np.ndarray) -> np.ndarray:
-    """An owned row of exactly ``N_FEATURES`` (older, narrower rows padded with zeros)."""
+    """An owned row of exactly ``N_FEATURES`` (older, narrower rows padded with ``ABSENT``)."""
     width = len(row)
     if width > N_FEATURES:
         raise ValueError(f"row: expected at most {N_FEATURES} features, got {width}")
-    out = np.zeros(N_FEATURES)
+    out = _ABSENT.copy()
     out[:width] = row
     return out
+
+
+_ABSENT = np.array(ABSENT)
 
 
 def _empty(endpoints: tuple[str, ...]) -> WindowArrays:

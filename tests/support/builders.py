@@ -22,6 +22,9 @@ from scheduler.framework.types import (
     InflightLoad,
     ScoredCandidate,
 )
+from scheduler.predictor.gbdt import GbdtParams
+from scheduler.predictor.training import TrainingJob
+from scheduler.predictor.window import WindowArrays
 
 
 class FakeClock:
@@ -126,3 +129,31 @@ def make_request(
 def scored(*pairs: tuple[str, float]) -> list[ScoredCandidate]:
     """Scored candidates from (name, total score) pairs, for picker tests."""
     return [ScoredCandidate(make_candidate(name), score) for name, score in pairs]
+
+
+def training_job(
+    train: WindowArrays | Mapping[str, WindowArrays],
+    test: WindowArrays | Mapping[str, WindowArrays],
+    *,
+    params: GbdtParams,
+    shapes: Mapping[str, str] | None = None,
+    min_samples: int = 50,
+) -> TrainingJob:
+    """A first generation's training job; one ``WindowArrays`` stands for every target."""
+
+    def per_target(arrays: WindowArrays | Mapping[str, WindowArrays]) -> dict[str, WindowArrays]:
+        if isinstance(arrays, WindowArrays):
+            return dict.fromkeys(("ttft", "tpot", "e2e"), arrays)
+        return dict(arrays)
+
+    return TrainingJob(
+        version=1,
+        train=per_target(train),
+        test=per_target(test),
+        params=params,
+        min_samples=min_samples,
+        shapes=dict(shapes or {}),
+        previous=None,
+        snapshot_at=0.0,
+        seed=0,
+    )

@@ -27,9 +27,9 @@ from scheduler.predictor.model import (
     widen,
 )
 from scheduler.predictor.runtime import LatencyPredictor
-from scheduler.predictor.training import TrainingJob, train_generation
+from scheduler.predictor.training import train_generation
 from scheduler.predictor.window import WindowArrays
-from tests.support.builders import FakeClock, make_candidate
+from tests.support.builders import FakeClock, make_candidate, training_job
 
 ENDPOINTS = ("slow", "normal", "fast")
 
@@ -51,16 +51,11 @@ def window(n: int, seed: int) -> WindowArrays:
 def model() -> PredictorModel:
     train, test = window(2000, 1), window(300, 2)
     outcome = train_generation(
-        TrainingJob(
-            version=1,
-            train={"ttft": train, "tpot": train, "e2e": train},
-            test={"ttft": test, "tpot": test, "e2e": test},
+        training_job(
+            train,
+            test,
             params=GbdtParams(n_trees=40, depth=4, learning_rate=0.2),
-            min_samples=50,
             shapes={"slow": "t4"},
-            previous=None,
-            snapshot_at=0.0,
-            seed=0,
         )
     )
     assert outcome.model is not None

@@ -17,11 +17,11 @@ from scheduler.predictor.gbdt import GbdtParams
 from scheduler.predictor.training import (
     OFFSET_SHRINK_SAMPLES,
     TARGET_COLUMNS,
-    TrainingJob,
     fit_offsets,
     train_generation,
 )
 from scheduler.predictor.window import WindowArrays
+from tests.support.builders import training_job
 
 SPEEDS = {"slow": 0.5, "normal": 1.0, "fast": 2.0}
 
@@ -108,16 +108,10 @@ def test_trained_models_predict_the_speed_ratio_on_confounded_traffic() -> None:
         endpoints=(),
     )
     outcome = train_generation(
-        TrainingJob(
-            version=1,
-            train={"ttft": train, "tpot": empty, "e2e": empty},
-            test={"ttft": test, "tpot": empty, "e2e": empty},
+        training_job(
+            {"ttft": train, "tpot": empty, "e2e": empty},
+            {"ttft": test, "tpot": empty, "e2e": empty},
             params=params,
-            min_samples=50,
-            shapes={},
-            previous=None,
-            snapshot_at=0.0,
-            seed=0,
         )
     )
     assert outcome.model is not None

@@ -61,12 +61,32 @@ def test_age_of_the_oldest_request_without_a_first_token() -> None:
     clock.advance(2.0)
     assert waits(predictor, "a", "b") == [3.0, 0.0]
     predictor.first_token("r1", clock())
-    assert waits(predictor, "a", "b") == [2.0, 0.0]
+    # r2 waited behind r1 until now: the endpoint's prompt work is r2's from here on.
+    assert waits(predictor, "a", "b") == [0.0, 0.0]
+    clock.advance(0.5)
+    assert waits(predictor, "a", "b") == [0.5, 0.0]
     predictor.finished("r2", record("r2", "a"))  # ended without a first token (e.g. an error)
     assert waits(predictor, "a") == [0.0]
     predictor.finished("r1", record("r1", "a"))
     predictor.finished("n1", record("n1", "b", stream=False))
     assert predictor.in_flight == 0
+
+
+def test_a_request_that_overtakes_the_oldest_does_not_restart_its_wait() -> None:
+    clock = FakeClock(0.0)
+    predictor = LatencyPredictor(clock=clock, rng=random.Random(0))
+    dispatch(predictor, "long", "a")
+    clock.advance(0.1)
+    dispatch(predictor, "short", "a")
+    clock.advance(0.2)
+    predictor.first_token("short", clock())  # finished in a step shared with the long prompt
+    assert waits(predictor, "a") == [pytest.approx(0.3)]
+    predictor.finished("long", record("long", "a"))  # its end without a first token counts
+    clock.advance(0.1)
+    assert waits(predictor, "a") == [0.0]  # nothing awaits a first token any more
+    dispatch(predictor, "next", "a")
+    clock.advance(0.25)
+    assert waits(predictor, "a") == [pytest.approx(0.25)]
 
 
 def test_abandoned_requests_stop_counting_when_they_expire() -> None:
@@ -125,7 +145,7 @@ def test_rows_carry_the_wait_and_samples_keep_it() -> None:
 
 def test_rows_of_an_older_width_are_padded_in_the_window() -> None:
     predictor = LatencyPredictor(clock=FakeClock(0.0), rng=random.Random(0))
-    predictor.dispatched("r", np.ones(N_FEATURES - 1), "a", model="m", stream=True, prediction=None)
+    predictor.dispatched("r", np.ones(PREFILL_WAIT), "a", model="m", stream=True, prediction=None)
     predictor.first_token("r", 1.0)
     window = predictor.windows["ttft"]
     X = np.concatenate([window.snapshot().X, window.test_snapshot().X])

@@ -14,25 +14,19 @@ from scheduler.predictor.features import feature_rows
 from scheduler.predictor.gbdt import GbdtParams
 from scheduler.predictor.model import PredictorModel
 from scheduler.predictor.runtime import LatencyPredictor
-from scheduler.predictor.training import TrainingJob, train_generation
+from scheduler.predictor.training import train_generation
 from tests.scheduler.predictor.synthetic import dataset
-from tests.support.builders import FakeClock, make_candidate, make_request
+from tests.support.builders import FakeClock, make_candidate, make_request, training_job
 
 
 @pytest.fixture(scope="module")
 def trained() -> PredictorModel:
     train, test = dataset(3000, seed=1), dataset(300, seed=2)
     model = train_generation(
-        TrainingJob(
-            version=1,
-            train={"ttft": train, "tpot": train, "e2e": dataset(0, 0)},
-            test={"ttft": test, "tpot": test, "e2e": dataset(0, 0)},
+        training_job(
+            {"ttft": train, "tpot": train, "e2e": dataset(0, 0)},
+            {"ttft": test, "tpot": test, "e2e": dataset(0, 0)},
             params=GbdtParams(n_trees=60, depth=4, learning_rate=0.2),
-            min_samples=50,
-            shapes={},
-            previous=None,
-            snapshot_at=0.0,
-            seed=0,
         )
     ).model
     assert model is not None

@@ -1,0 +1,161 @@
+"""Step timing: each endpoint's engine-step clock, observed from the chunks the gateway relays.
+
+A model server sends every running stream one chunk per engine step; the tracker keeps, per
+endpoint, when the last chunk arrived and a smoothed step duration (gaps between consecutive
+chunks of one stream, one sample per step).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from scheduler.datalayer.inflight import STEP_SMOOTHING, InflightTracker
+from scheduler.datalayer.store import EndpointStore
+from scheduler.framework.types import StepTiming
+from tests.support.builders import FakeClock, make_endpoint, make_metrics
+
+
+def relay(t: InflightTracker, chunks: list[tuple[float, str]]) -> None:
+    for at, request_id in chunks:
+        t.chunk(request_id, at)
+
+
+def observed(steps: StepTiming | None) -> tuple[float, float] | None:
+    return None if steps is None else (steps.last_chunk_at, steps.interval_s)
+
+
+def tracker(*requests: tuple[str, str]) -> InflightTracker:
+    """``(request id, endpoint)`` pairs, dispatched in order."""
+    t = InflightTracker()
+    for request_id, endpoint in requests:
+        t.dispatched(request_id, endpoint, prefill_tokens=100)
+    return t
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        ([], None),
+        ([(10.0, "r1")], None),  # one chunk: no step timed yet
+        ([(10.0, "r1"), (10.02, "r1")], StepTiming(10.02, 0.02)),
+        # Two streams served by the same steps: each step counts once.
+        (
+            [(10.0, "r1"), (10.001, "r2"), (10.02, "r1"), (10.021, "r2")],
+            StepTiming(10.021, 0.02),
+        ),
+        # A stream's first chunk (its first token) marks a step end but times nothing.
+        ([(10.0, "r1"), (10.02, "r2"), (10.04, "r1")], StepTiming(10.04, 0.04)),
+        # Steps are smoothed: 0.02, then 0.06 -> 0.02 + w * 0.04.
+        (
+            [(10.0, "r1"), (10.02, "r1"), (10.08, "r1")],
+            StepTiming(10.08, 0.02 + STEP_SMOOTHING * 0.04),
+        ),
+    ],
+    ids=["no-chunk", "one-chunk", "one-step", "two-streams", "first-chunk", "smoothed"],
+)
+def test_steps_from_relayed_chunks(
+    chunks: list[tuple[float, str]], expected: StepTiming | None
+) -> None:
+    t = tracker(("r1", "a"), ("r2", "a"))
+    relay(t, chunks)
+    steps = t.steps("a")
+    if expected is None:
+        assert steps is None
+    else:
+        assert steps is not None
+        assert steps.last_chunk_at == pytest.approx(expected.last_chunk_at)
+        assert steps.interval_s == pytest.approx(expected.interval_s)
+
+
+def test_endpoints_are_timed_apart() -> None:
+    t = tracker(("r1", "a"), ("r2", "b"))
+    relay(t, [(10.0, "r1"), (10.0, "r2"), (10.01, "r1"), (10.05, "r2")])
+    assert observed(t.steps("a")) == pytest.approx((10.01, 0.01))
+    assert observed(t.steps("b")) == pytest.approx((10.05, 0.05))
+    assert t.steps("never-dispatched-to") is None
+
+
+def test_not_observable_while_no_stream_relays_chunks() -> None:
+    t = tracker(("r1", "a"))
+    relay(t, [(10.0, "r1"), (10.02, "r1")])
+    t.finished("r1")
+    assert t.steps("a") is None  # idle: the last chunk says nothing about a step in progress
+    t.dispatched("r2", "a", prefill_tokens=100)
+    assert t.steps("a") is None  # in prefill: no chunk yet
+    relay(t, [(11.0, "r2")])
+    # Observable again; the step duration learned before is kept until a new step is timed.
+    assert observed(t.steps("a")) == pytest.approx((11.0, 0.02))
+    relay(t, [(11.03, "r2")])
+    assert observed(t.steps("a")) == pytest.approx((11.03, 0.02 + STEP_SMOOTHING * 0.01))
+
+
+def test_streams_without_chunks_do_not_count() -> None:
+    t = tracker(("r1", "a"), ("r2", "a"))
+    relay(t, [(10.0, "r1"), (10.02, "r1")])
+    t.finished("r2")  # ended before any chunk (an error, a non-streamed response)
+    assert t.steps("a") is not None
+    t.finished("r1")
+    assert t.steps("a") is None
+
+
+def test_chunks_of_unknown_or_finished_requests_are_ignored() -> None:
+    t = tracker(("r1", "a"))
+    relay(t, [(10.0, "r1"), (10.02, "r1")])
+    t.finished("r1")
+    relay(t, [(10.5, "r1"), (10.6, "nope")])
+    t.dispatched("r2", "a", prefill_tokens=100)
+    relay(t, [(11.0, "r2")])
+    assert observed(t.steps("a")) == pytest.approx((11.0, 0.02))
+
+
+def test_candidates_carry_a_snapshot_of_the_step_timing() -> None:
+    clock = FakeClock(10.0)
+    store = EndpointStore(
+        [make_endpoint("a"), make_endpoint("b")], staleness_s=2.0, static_models=("m",)
+    )
+    for name in ("a", "b"):
+        store.set_metrics(name, make_metrics(scraped_at=clock()))
+    store.inflight.dispatched("r1", "a", prefill_tokens=100)
+    relay(store.inflight, [(10.0, "r1"), (10.02, "r1")])
+    candidates = {c.name: c for c in store.candidates("m", clock())}
+    assert observed(candidates["a"].steps) == pytest.approx((10.02, 0.02))
+    assert candidates["b"].steps is None
+    relay(store.inflight, [(10.04, "r1")])
+    assert observed(candidates["a"].steps) == pytest.approx((10.02, 0.02))  # a snapshot
+    store.set_metrics("a", make_metrics(scraped_at=0.0))  # stale: unknown load, still timed
+    store.set_metrics("b", make_metrics(scraped_at=0.0))
+    unknown = store.candidates("m", clock())
+    assert [(c.name, c.metrics, observed(c.steps)) for c in unknown] == [
+        ("a", None, pytest.approx((10.04, 0.02))),
+        ("b", None, None),
+    ]
+
+
+# -- when an endpoint could begin a request ------------------------------------------------------
+def test_a_request_starts_at_the_first_chunk_after_its_dispatch() -> None:
+    t = tracker(("r1", "a"))
+    relay(t, [(10.0, "r1")])
+    t.dispatched("r2", "a", prefill_tokens=100)  # arrives during the step ending at 10.02
+    t.dispatched("r3", "b", prefill_tokens=100)
+    assert t.started_at("r2") is None
+    relay(t, [(10.02, "r1"), (10.03, "r1")])
+    assert t.started_at("r2") == 10.02
+    assert t.started_at("r3") is None  # nothing relayed from b
+    assert t.started_at("r1") == 10.0  # its own first chunk
+    t.dispatched("r4", "a", prefill_tokens=100)
+    relay(t, [(10.05, "r2")])
+    assert (t.started_at("r2"), t.started_at("r4")) == (10.02, 10.05)
+    t.finished("r2")
+    assert t.started_at("r2") is None
+    assert t.started_at("never") is None
+
+
+def test_requests_that_end_before_starting_are_forgotten() -> None:
+    t = InflightTracker()
+    for i in range(100):
+        t.dispatched(f"r{i}", "a", prefill_tokens=10)
+        t.finished(f"r{i}")  # e.g. non-streamed requests on an endpoint that streams nothing
+    t.dispatched("s", "a", prefill_tokens=10)
+    relay(t, [(1.0, "s")])
+    assert t.started_at("s") == 1.0
+    assert len(t) == 1
