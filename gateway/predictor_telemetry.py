@@ -177,6 +177,16 @@ class PredictorStateCollector(Collector):
                 coverage.add_metric((target,), c)
         yield mape
         yield coverage
+        calibration = GaugeMetricFamily(
+            "slogate_predictor_quantile_calibration",
+            "Factor a quantile model's predictions are scaled by so that recent requests are "
+            "covered at the trained quantile (1 = the model is calibrated).",
+            labels=("target",),
+        )
+        if model is not None and model.objective == "quantile":
+            for target, margin in p.calibration.items():
+                calibration.add_metric((target,), math.exp(margin))
+        yield calibration
         factor = GaugeMetricFamily(
             "slogate_predictor_endpoint_latency_factor",
             "Learned latency multiplier of each endpoint relative to the pool (2 = twice as slow).",

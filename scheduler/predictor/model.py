@@ -43,6 +43,9 @@ def widen(X: np.ndarray) -> np.ndarray:
     """Rows of all feature columns with room for the derived ones (filled per target)."""
     wide = np.empty((len(X), WIDE_COLUMNS))
     wide[:, :N_FEATURES] = X
+    # Zeroed, not left uninitialized: a model without a prefill rate never fills them, and
+    # whatever memory held could overflow the trees' float32 cast.
+    wide[:, N_FEATURES:] = 0.0
     return wide
 
 

@@ -180,6 +180,7 @@ async def test_the_gateway_trains_and_routes_with_predictions(
         'slogate_predictor_objective_info{objective="quantile",quantile="0.9"} 1.0',
         'slogate_predictor_endpoint_latency_factor{endpoint="',
         'slogate_predictor_live_mape{target="ttft"}',
+        'slogate_predictor_quantile_calibration{target="ttft"}',
     ):
         assert name in metrics, name
 
