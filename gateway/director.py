@@ -340,9 +340,13 @@ class Director:
                     await response.write_eof()
                     break
                 now = clock()
-                relayed(ireq.request_id, now)
+                tokens = scanner.token_events
                 if scanner.feed(chunk, now):
                     self._first_token(ireq, attempt, now)
+                if scanner.token_events != tokens:
+                    # Only chunks that complete a token event mark an engine step: not half an
+                    # event, not the usage event or [DONE] that follow the last token.
+                    relayed(ireq.request_id, now)
                 if content.at_eof():
                     # The last bytes and the end of the stream leave in one write.
                     await response.write_eof(chunk)
