@@ -153,15 +153,15 @@ class LatencyPredictor:
         self._covered: dict[str, deque[bool]] = {
             t: deque(maxlen=accuracy_window) for t in ("ttft", "tpot")
         }
-        self.calibration: Mapping[str, float] = _NO_MARGIN
-        """Per target, the log margin a quantile model's predictions are raised (or lowered)
-        by so that recent requests are covered at the trained quantile (see :meth:`_calibrate`).
+        self.calibration: Mapping[str, float] = dict.fromkeys(CALIBRATED, 0.0)
+        """Per calibrated target, the log margin a quantile model's predictions are raised (or
+        lowered) by so that recent requests are covered at the trained quantile (``_calibrate``).
         Replaced, never changed in place: a dispatched request keeps the one it was predicted
         with."""
         self._residuals: dict[str, deque[float]] = {
-            t: deque(maxlen=CALIBRATION_WINDOW) for t in TARGETS
+            t: deque(maxlen=CALIBRATION_WINDOW) for t in CALIBRATED
         }
-        self._scored = dict.fromkeys(TARGETS, 0)
+        self._scored = dict.fromkeys(CALIBRATED, 0)
 
     # -- model --------------------------------------------------------------------------
     def install(self, model: PredictorModel) -> None:
@@ -202,9 +202,9 @@ class LatencyPredictor:
     def prefill_wait(
         self, candidates: Sequence[Candidate], *, now: float | None = None
     ) -> list[float]:
-        """Per candidate: age of its oldest request awaiting a first token (since the endpoint
-        could begin it), in seconds at pool-average speed (times the endpoint's learned TTFT
-        speed, ``exp(-offset)``; 1 for an endpoint without an offset of its own)."""
+        """Per candidate: how long it has been working on its oldest request awaiting a first
+        token (:meth:`_start_of`), in seconds at pool-average speed (times the endpoint's learned
+        TTFT speed, ``exp(-offset)``; 1 for an endpoint without an offset of its own)."""
         awaiting = self._awaiting_first
         if not awaiting:
             return [0.0] * len(candidates)
@@ -276,14 +276,18 @@ class LatencyPredictor:
         if offsets is None:
             offsets = cached.add_offsets(key, model, names, self.shapes(candidates))
         wide = widen(rows)
-        margin = self.calibration if model.objective == "quantile" else _NO_MARGIN
-        ttft = _predict(model.ttft, wide, offsets[0], margin["ttft"])
+        margin = self.calibration.get if model.objective == "quantile" else _NO_MARGIN.get
+        ttft = _predict(model.ttft, wide, offsets[0], margin("ttft", 0.0))
         tpot = (
-            _predict(model.tpot, wide, offsets[1], margin["tpot"])
+            _predict(model.tpot, wide, offsets[1], margin("tpot", 0.0))
             if stream is not False or model.e2e is None
             else None
         )
-        e2e = _predict(model.e2e, wide, offsets[2], margin["e2e"]) if stream is not True else None
+        e2e = (
+            _predict(model.e2e, wide, offsets[2], margin("e2e", 0.0))
+            if stream is not True
+            else None
+        )
         n = len(candidates)
         return [
             Prediction(a, b, c)
@@ -326,9 +330,13 @@ class LatencyPredictor:
         prediction: Prediction | None,
     ) -> None:
         now = self._clock()
-        self._pending[request_id] = _Pending(
-            row, endpoint, model, stream, now, prediction, self.calibration
+        current = self.model
+        margins = (
+            self.calibration
+            if current is not None and current.objective == "quantile"
+            else _NO_MARGIN
         )
+        self._pending[request_id] = _Pending(row, endpoint, model, stream, now, prediction, margins)
         if stream:
             self._awaiting_first.setdefault(endpoint, {})[request_id] = now
         self._dispatches += 1
@@ -365,7 +373,6 @@ class LatencyPredictor:
         else:
             self.windows["e2e"].add(pending.row, record.e2e_s, pending.endpoint)
             if pending.prediction is not None and pending.prediction.e2e_s is not None:
-                self._calibrate("e2e", pending.prediction.e2e_s, record.e2e_s, pending.margins)
                 self.hooks.outcome("e2e", pending.model, pending.prediction.e2e_s, record.e2e_s)
 
     def _expire(self, now: float) -> None:
@@ -427,7 +434,7 @@ class LatencyPredictor:
             return
         residuals = self._residuals[target]
         residuals.append(
-            math.log(max(actual, 1e-9)) - math.log(max(predicted, 1e-9)) + margins[target]
+            math.log(max(actual, 1e-9)) - math.log(max(predicted, 1e-9)) + margins.get(target, 0.0)
         )
         self._scored[target] += 1
         if len(residuals) < CALIBRATION_MIN or self._scored[target] % CALIBRATION_EVERY:
@@ -465,7 +472,7 @@ def _predict(
     return out
 
 
-_NO_MARGIN: Mapping[str, float] = dict.fromkeys(TARGETS, 0.0)
+_NO_MARGIN: Mapping[str, float] = {}
 
 
 _Offsets = tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]
