@@ -64,12 +64,26 @@ class _Entry:
 
 
 class InflightTracker:
-    __slots__ = ("_by_request", "_loads", "_steps")
+    __slots__ = ("_by_request", "_leaving", "_loads", "_steps")
 
     def __init__(self) -> None:
         self._by_request: dict[str, _Entry] = {}
         self._loads: dict[str, InflightLoad] = {}
         self._steps: dict[str, _Steps] = {}
+        self._leaving: set[str] = set()
+        """Endpoints removed from the pool with requests still in flight: forgotten at the
+        last one's end."""
+
+    def forget(self, endpoint: str) -> None:
+        """Drop what is kept about an endpoint that left the pool (its load and step clock), now
+        or, while requests to it are still in flight, when the last of them ends. Without it a
+        pool whose pods come and go (a new IP per Kubernetes pod) would keep a record of every
+        pod it ever had."""
+        if self.load(endpoint).requests:
+            self._leaving.add(endpoint)
+            return
+        self._loads.pop(endpoint, None)
+        self._steps.pop(endpoint, None)
 
     def load(self, endpoint: str) -> InflightLoad:
         return self._loads.get(endpoint, NO_INFLIGHT)
@@ -91,6 +105,8 @@ class InflightTracker:
     def dispatched(self, request_id: str, endpoint: str, prefill_tokens: int) -> None:
         if request_id in self._by_request:
             raise ValueError(f"request {request_id!r} is already in flight")
+        if self._leaving:
+            self._leaving.discard(endpoint)  # back in the pool (the same address again)
         steps = self._steps.get(endpoint)
         if steps is None:
             steps = self._steps[endpoint] = _Steps()
@@ -142,6 +158,9 @@ class InflightTracker:
         self._loads[entry.endpoint] = InflightLoad(
             cur.requests - 1, cur.prefill_tokens - entry.prefill_tokens
         )
+        if cur.requests == 1 and self._leaving and entry.endpoint in self._leaving:
+            self._leaving.discard(entry.endpoint)
+            self.forget(entry.endpoint)
 
     def __len__(self) -> int:
         return len(self._by_request)

@@ -67,6 +67,7 @@ class EndpointStore:
         self._states.pop(name, None)
         if name in self._order:
             self._order.remove(name)
+        self.inflight.forget(name)
 
     @property
     def endpoints(self) -> list[Endpoint]:

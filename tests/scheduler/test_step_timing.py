@@ -159,3 +159,38 @@ def test_requests_that_end_before_starting_are_forgotten() -> None:
     relay(t, [(1.0, "s")])
     assert t.started_at("s") == 1.0
     assert len(t) == 1
+
+
+# -- endpoints that leave the pool ---------------------------------------------------------------
+def test_an_endpoint_that_leaves_is_forgotten_once_idle() -> None:
+    t = tracker(("r1", "a"), ("r2", "b"))
+    relay(t, [(10.0, "r1"), (10.02, "r1"), (10.0, "r2"), (10.03, "r2")])
+    t.finished("r2")
+    t.forget("b")  # idle: dropped now
+    assert "b" not in t._loads
+    assert "b" not in t._steps
+    t.forget("a")  # r1 still streams from it: kept until r1 ends
+    assert observed(t.steps("a")) == pytest.approx((10.02, 0.02))
+    assert t.load("a").requests == 1
+    t.finished("r1")
+    assert "a" not in t._loads
+    assert "a" not in t._steps
+    assert t.load("a").requests == 0
+
+
+def test_an_endpoint_back_in_the_pool_is_not_forgotten() -> None:
+    t = tracker(("r1", "a"))
+    t.forget("a")
+    t.dispatched("r2", "a", prefill_tokens=100)  # the same address came back
+    t.finished("r1")
+    assert t.load("a").requests == 1
+    relay(t, [(10.0, "r2"), (10.02, "r2")])
+    assert observed(t.steps("a")) == pytest.approx((10.02, 0.02))
+
+
+def test_the_store_forgets_removed_endpoints() -> None:
+    store = EndpointStore([make_endpoint("a")], staleness_s=2.0, static_models=("m",))
+    store.inflight.dispatched("r1", "a", prefill_tokens=10)
+    store.inflight.finished("r1")
+    store.remove("a")
+    assert "a" not in store.inflight._loads
