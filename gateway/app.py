@@ -62,7 +62,6 @@ class Gateway:
             rng=deps.rng,
             per_bucket=cfg.predictor.samples_per_bucket,
             shape_label=cfg.predictor.shape_label or None,
-            started=self.store.inflight.started_at,
         )
         handle = PluginHandle(clock=deps.clock, rng=deps.rng)
         handle.services.put(LATENCY_PREDICTOR, self.predictor)

@@ -6,8 +6,8 @@ tokens of requests that have not produced a first token yet (they are still in p
 they are released at the first token, or at the end for requests that never stream one.
 
 It also times each endpoint's engine steps from the chunks the gateway relays (:meth:`chunk`,
-called by the director for every chunk of a streamed response). A model server sends every
-running stream one chunk per engine step, so:
+called by the director for every chunk of a streamed response that completes a token event).
+A model server sends every running stream one chunk per engine step, so:
 
 - the last chunk relayed from an endpoint marks about when its last step ended;
 - the gap between two consecutive chunks of one stream is one step's duration. The endpoint's
@@ -18,17 +18,12 @@ running stream one chunk per engine step, so:
 Step timing is reported only while at least one stream from the endpoint has produced a chunk
 and not finished: otherwise the endpoint is idle or all its requests are in prefill, and the
 last chunk says nothing about the step in progress.
-
-Each request also learns when its endpoint could begin it (:meth:`started_at`): at the first
-chunk relayed from the endpoint after its dispatch, which ends the step that was in progress
-when it arrived (the engine admits new requests between steps). Per chunk: a dict lookup and a
-few float writes, plus one write per request dispatched since the endpoint's previous chunk.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from scheduler.framework.types import NO_INFLIGHT, InflightLoad, StepTiming
 
@@ -46,8 +41,6 @@ class _Steps:
     last_chunk_at: float = 0.0
     step_at: float = -math.inf
     """When the first chunk of the latest timed step arrived."""
-    unstarted: dict[str, _Entry] = field(default_factory=dict)
-    """Requests dispatched since the endpoint's last chunk."""
     interval_s: float = -1.0
     """Negative until a step has been timed."""
 
@@ -59,8 +52,6 @@ class _Entry:
     steps: _Steps
     last_chunk_at: float | None = None
     """This stream's latest chunk."""
-    started_at: float | None = None
-    """The endpoint's first chunk after this request's dispatch."""
 
 
 class InflightTracker:
@@ -96,12 +87,6 @@ class InflightTracker:
             return None
         return StepTiming(steps.last_chunk_at, steps.interval_s)
 
-    def started_at(self, request_id: str) -> float | None:
-        """When the request's endpoint could begin it: the first chunk relayed from there after
-        its dispatch; ``None`` before that chunk (or for a request not in flight)."""
-        entry = self._by_request.get(request_id)
-        return None if entry is None else entry.started_at
-
     def dispatched(self, request_id: str, endpoint: str, prefill_tokens: int) -> None:
         if request_id in self._by_request:
             raise ValueError(f"request {request_id!r} is already in flight")
@@ -110,8 +95,7 @@ class InflightTracker:
         steps = self._steps.get(endpoint)
         if steps is None:
             steps = self._steps[endpoint] = _Steps()
-        entry = self._by_request[request_id] = _Entry(endpoint, prefill_tokens, steps)
-        steps.unstarted[request_id] = entry
+        self._by_request[request_id] = _Entry(endpoint, prefill_tokens, steps)
         cur = self.load(endpoint)
         self._loads[endpoint] = InflightLoad(cur.requests + 1, cur.prefill_tokens + prefill_tokens)
 
@@ -121,10 +105,6 @@ class InflightTracker:
         if entry is None:
             return
         steps = entry.steps
-        if steps.unstarted:
-            for waiting in steps.unstarted.values():
-                waiting.started_at = now
-            steps.unstarted.clear()
         previous = entry.last_chunk_at
         entry.last_chunk_at = now
         if previous is None:
@@ -152,8 +132,6 @@ class InflightTracker:
             return
         if entry.last_chunk_at is not None:
             entry.steps.streams -= 1
-        if entry.started_at is None:
-            entry.steps.unstarted.pop(request_id, None)
         cur = self.load(entry.endpoint)
         self._loads[entry.endpoint] = InflightLoad(
             cur.requests - 1, cur.prefill_tokens - entry.prefill_tokens

@@ -16,8 +16,8 @@ Columns (llm-d's schema, plus what measurably helps here):
 ``prefix_match``        fraction of the prompt's blocks the endpoint likely holds in its cache
 ``uncached_tokens``     prompt tokens the endpoint would have to prefill for this request
 ``max_tokens``          the request's ``max_tokens`` (``-1`` when absent); used by the e2e model
-``prefill_wait``        how long the oldest streamed request this gateway sent there has been
-                        waiting for its first token, since the endpoint could begin it, in
+``prefill_wait``        how long the endpoint has been working on the oldest streamed request
+                        this gateway sent there that still waits for its first token, in
                         seconds divided by the endpoint's learned latency factor (0 when none
                         waits); see below
 ``step_phase``          seconds since the last chunk relayed from the endpoint: how far its
@@ -35,9 +35,8 @@ engine admits it; for a short prompt that wait is a large part of its TTFT.
 ``prefill_wait`` is the predictor's own bookkeeping (``LatencyPredictor.feature_rows`` fills it):
 ``inflight_prefill`` says how much prompt work is queued ahead, but not how far the endpoint has
 got with it; the age of the oldest request still without a first token does. The age counts
-from when the endpoint could begin that request (the first chunk relayed from the endpoint after
-its dispatch, which ends the step that was in progress; the dispatch when no chunk came since,
-or when the predictor has no tracker to ask). Dividing by the
+from the later of that request's dispatch and the first token of the request ahead of it (prefill
+is in arrival order: the one behind gets the prompt work from then on). Dividing by the
 endpoint's latency factor (``exp`` of its TTFT offset, 1 before there is a model) turns the age
 into work done at pool-average speed, comparable across fast and slow endpoints. Measured on the
 simulated fleet (``docs/predictor.md``), it is the feature that most reduces TTFT error under load.

@@ -15,10 +15,9 @@ The predictor also keeps, per endpoint, the streamed requests still waiting for 
 token (in dispatch order): the age of the oldest is the ``prefill_wait`` feature, which
 :meth:`LatencyPredictor.feature_rows` adds to the rows built by ``features.feature_rows``.
 Non-streamed requests are left out: their first token is never seen. The age counts from when
-the endpoint began working on the oldest request: the later of when it could begin it (which the
-gateway's in-flight tracker knows from the chunks it relays: ``started``, injected; without it,
-the dispatch) and when the request ahead of it got its first token (a model server prefills in
-arrival order, so the one behind gets the engine's prompt work from then on).
+the endpoint began working on the oldest request: the later of its dispatch and when the request
+ahead of it got its first token (a model server prefills in arrival order, so the one behind
+gets the engine's prompt work from then on).
 """
 
 from __future__ import annotations
@@ -117,12 +116,8 @@ class LatencyPredictor:
         shape_label: str | None = None,
         accuracy_window: int = 500,
         pending_ttl_s: float = 600.0,
-        started: Callable[[str], float | None] | None = None,
     ) -> None:
         self._clock = clock
-        self.started = started
-        """When a dispatched request's endpoint could begin it (``InflightTracker.started_at``),
-        or ``None`` when not known yet; without it, requests count from their dispatch."""
         self.hooks: PredictorHooks = NoHooks()
         self.shape_label = shape_label
         self.model: PredictorModel | None = None
@@ -227,16 +222,11 @@ class LatencyPredictor:
         return [get(c.endpoint.name, 0.0) for c in candidates]
 
     def _start_of(self, endpoint: str, queue: dict[str, float]) -> float:
-        """When the endpoint began working on the oldest request of ``queue``: the later of when
-        it could begin it and when the request ahead of it left prefill."""
-        request_id, at = next(iter(queue.items()))
-        started = self.started
-        if started is not None:
-            began = started(request_id)
-            if began is not None:
-                at = began
+        """When the endpoint began working on the oldest request of ``queue``: the later of its
+        dispatch and when the request ahead of it left prefill."""
+        dispatched_at = next(iter(queue.values()))
         since = self._head_since.get(endpoint)
-        return at if since is None or since < at else since
+        return dispatched_at if since is None or since < dispatched_at else since
 
     def predict(
         self, rows: np.ndarray, candidates: Sequence[Candidate], *, stream: bool | None = None

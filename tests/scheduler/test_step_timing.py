@@ -131,36 +131,6 @@ def test_candidates_carry_a_snapshot_of_the_step_timing() -> None:
     ]
 
 
-# -- when an endpoint could begin a request ------------------------------------------------------
-def test_a_request_starts_at_the_first_chunk_after_its_dispatch() -> None:
-    t = tracker(("r1", "a"))
-    relay(t, [(10.0, "r1")])
-    t.dispatched("r2", "a", prefill_tokens=100)  # arrives during the step ending at 10.02
-    t.dispatched("r3", "b", prefill_tokens=100)
-    assert t.started_at("r2") is None
-    relay(t, [(10.02, "r1"), (10.03, "r1")])
-    assert t.started_at("r2") == 10.02
-    assert t.started_at("r3") is None  # nothing relayed from b
-    assert t.started_at("r1") == 10.0  # its own first chunk
-    t.dispatched("r4", "a", prefill_tokens=100)
-    relay(t, [(10.05, "r2")])
-    assert (t.started_at("r2"), t.started_at("r4")) == (10.02, 10.05)
-    t.finished("r2")
-    assert t.started_at("r2") is None
-    assert t.started_at("never") is None
-
-
-def test_requests_that_end_before_starting_are_forgotten() -> None:
-    t = InflightTracker()
-    for i in range(100):
-        t.dispatched(f"r{i}", "a", prefill_tokens=10)
-        t.finished(f"r{i}")  # e.g. non-streamed requests on an endpoint that streams nothing
-    t.dispatched("s", "a", prefill_tokens=10)
-    relay(t, [(1.0, "s")])
-    assert t.started_at("s") == 1.0
-    assert len(t) == 1
-
-
 # -- endpoints that leave the pool ---------------------------------------------------------------
 def test_an_endpoint_that_leaves_is_forgotten_once_idle() -> None:
     t = tracker(("r1", "a"), ("r2", "b"))

@@ -57,17 +57,6 @@ def test_step_columns_are_at_pool_average_speed() -> None:
     assert list(rows[0, [STEP_PHASE, STEP_INTERVAL]]) == pytest.approx([0.015, 0.02])
 
 
-def test_the_wait_counts_from_when_the_endpoint_could_begin_the_request() -> None:
-    clock = FakeClock(10.0)
-    began: dict[str, float] = {}
-    predictor = LatencyPredictor(clock=clock, rng=random.Random(0), started=began.get)
-    predictor.dispatched("r", np.zeros(N_FEATURES), "a", model="m", stream=True, prediction=None)
-    clock.advance(0.1)
-    assert predictor.prefill_wait([make_candidate("a")]) == [pytest.approx(0.1)]
-    began["r"] = 10.03  # the step in progress at its dispatch ended at 10.03
-    assert predictor.prefill_wait([make_candidate("a")]) == [pytest.approx(0.07)]
-
-
 def test_older_rows_get_unknown_step_columns() -> None:
     narrow = np.ones((3, PREFILL_WAIT + 1))  # a window saved before the step columns
     arrays = WindowArrays(narrow, np.ones(3), np.zeros(3, dtype=np.int32), ("a",)).to_arrays("t")
