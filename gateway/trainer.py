@@ -62,6 +62,15 @@ def gbdt_params(cfg: PredictorConfig) -> GbdtParams:
     )
 
 
+def next_slot(slot: float, now: float, interval: float) -> float:
+    """The start after the run that started at ``slot`` and ended at ``now``: one interval
+    later, or, when the run overran it, the first slot not yet past."""
+    slot += interval
+    if slot < now:
+        slot += math.ceil((now - slot) / interval) * interval
+    return slot
+
+
 class PredictorTrainer:
     def __init__(
         self,
@@ -89,15 +98,12 @@ class PredictorTrainer:
         11.2 s); a run that overruns its slot skips the slots it covered."""
         interval = self.cfg.retrain_interval_s
         loop = asyncio.get_running_loop()
-        next_at = loop.time() + interval
+        slot = loop.time() + interval
         while True:
-            await asyncio.sleep(max(next_at - loop.time(), 0.0))
+            await asyncio.sleep(max(slot - loop.time(), 0.0))
             if self.predictor.enabled:
                 await self.train_once()
-            now = loop.time()
-            next_at += interval
-            if next_at <= now:
-                next_at += (math.floor((now - next_at) / interval) + 1) * interval
+            slot = next_slot(slot, loop.time(), interval)
 
     def due(self) -> bool:
         return any(len(w) >= self.cfg.min_samples for w in self.predictor.windows.values())
