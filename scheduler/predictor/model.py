@@ -39,13 +39,17 @@ def tree_inputs(
 WIDE_COLUMNS = N_FEATURES + len(DERIVED)
 
 
-def widen(X: np.ndarray) -> np.ndarray:
-    """Rows of all feature columns with room for the derived ones (filled per target)."""
+def widen(X: np.ndarray, prefill_rate: float | None = None) -> np.ndarray:
+    """Rows of all feature columns with room for the derived ones: filled at ``prefill_rate``
+    when it is given, else zero (filled per target later)."""
     wide = np.empty((len(X), WIDE_COLUMNS))
     wide[:, :N_FEATURES] = X
-    # Zeroed, not left uninitialized: a model without a prefill rate never fills them, and
-    # whatever memory held could overflow the trees' float32 cast.
-    wide[:, N_FEATURES:] = 0.0
+    if prefill_rate is None:
+        # Zeroed, not left uninitialized: a model without a prefill rate never fills them, and
+        # whatever memory held could overflow the trees' float32 cast.
+        wide[:, N_FEATURES:] = 0.0
+    else:
+        derived_columns(X, prefill_rate, out=wide[:, N_FEATURES:])
     return wide
 
 
@@ -103,9 +107,7 @@ class TargetModel:
         inputs = tree_inputs(X, self._columns, self.prefill_rate)
         out: np.ndarray = self.gbdt.predict(inputs) + offsets
         if self.base is not None and self.prefill_rate is not None:
-            wide = widen(X)
-            derived_columns(X, self.prefill_rate, out=wide[:, N_FEATURES:])
-            out += self.base.predict_log(wide)
+            out += self.base.predict_log(widen(X, self.prefill_rate))
         return out
 
     def predict(self, X: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -38,7 +38,6 @@ from scheduler.predictor.features import (
     STEP_PHASE,
     UNCACHED,
     WAITING,
-    derived_columns,
 )
 from scheduler.predictor.gbdt import GbdtParams
 from scheduler.predictor.model import PredictorModel, TargetModel, tree_inputs, widen
@@ -101,9 +100,7 @@ def fit_target(
         if fitted is not None:
             prefill_rate, base = fitted
             X = tree_inputs(train.X, columns, prefill_rate)
-            wide = widen(train.X)
-            derived_columns(train.X, prefill_rate, out=wide[:, N_FEATURES:])
-            residual = residual - base.predict_log(wide)
+            residual = residual - base.predict_log(widen(train.X, prefill_rate))
     gbdt = fit_gbdt(X, residual, params, rng=rng)
     model = TargetModel(
         target=target,

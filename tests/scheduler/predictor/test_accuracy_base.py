@@ -80,8 +80,7 @@ def test_hot_path_is_the_fitted_line_floored() -> None:
     X[:100, STEP_PHASE], X[:100, STEP_INTERVAL] = 0.004, 0.012  # steps observable
     X[:10, STEP_PHASE] = 0.03  # a step running longer than usual: nothing left to wait for
     line = LinearBase((0.01, 1e-4, 2e-6, 0.8, 0.003, 0.0005), floor=0.02)
-    wide = widen(X)
-    derived_columns(X, RATE, out=wide[:, N_FEATURES:])
+    wide = widen(X, RATE)
     expected = np.maximum(basis(wide) @ np.array(line.coef), line.floor)
     np.testing.assert_allclose(np.exp(line.predict_log(wide)), expected, rtol=1e-12)
     assert basis(wide).shape == (300, len(BASIS))
