@@ -137,24 +137,19 @@ class EndpointStore:
     def candidates(self, model: str, now: float) -> Sequence[Candidate]:
         fresh: list[Candidate] = []
         unknown: list[Candidate] = []
+        inflight = self.inflight
         for name in self._order:
             state = self._states[name]
             if not self.serves(name, model):
                 continue
             health = self.health(name, now)
             if health is Health.UP:
-                fresh.append(
-                    Candidate(
-                        state.endpoint,
-                        state.metrics,
-                        self.inflight.load(name),
-                        self.inflight.steps(name),
-                    )
-                )
+                into, metrics = fresh, state.metrics
             elif health is Health.UNKNOWN:
-                unknown.append(
-                    Candidate(
-                        state.endpoint, None, self.inflight.load(name), self.inflight.steps(name)
-                    )
-                )
+                into, metrics = unknown, None
+            else:
+                continue
+            into.append(
+                Candidate(state.endpoint, metrics, inflight.load(name), inflight.steps(name))
+            )
         return fresh or unknown
