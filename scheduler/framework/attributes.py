@@ -37,6 +37,12 @@ class Prediction(NamedTuple):
     ttft_s: float | None
     tpot_s: float | None
     e2e_s: float | None
+    estimated: bool = False
+    """A cold-start estimate (``scheduler.predictor.estimate``), not a trained model's
+    prediction: good for ordering candidates, not for judging a latency objective."""
+    adjust: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Log factors the live per-endpoint correction applied to (ttft, tpot, e2e)
+    (``scheduler.predictor.drift``); the model's own prediction is the value / ``exp`` of it."""
 
 
 PREDICTION: AttrKey[Prediction] = AttrKey("predicted-latency")

@@ -36,7 +36,9 @@ import numpy as np
 from scheduler.framework.attributes import Prediction
 from scheduler.framework.plugins import Outcome, RequestRecord
 from scheduler.framework.types import Attributes, AttrKey, Candidate, InferenceRequest
-from scheduler.predictor.features import feature_rows
+from scheduler.predictor import estimate
+from scheduler.predictor.drift import LiveDrift, dead_band
+from scheduler.predictor.features import PROMPT, feature_rows
 from scheduler.predictor.model import PredictorModel, TargetModel, widen
 from scheduler.predictor.window import StratifiedWindow
 
@@ -60,6 +62,14 @@ CALIBRATION_EVERY = 10
 
 MAX_CALIBRATION = math.log(4.0)
 """The calibration never scales a prediction by more than 4x either way."""
+
+DRIFT_DEAD_BAND = 0.15
+"""Live drift of an endpoint from the model (log) that is left alone as the model's ordinary
+error: only what exceeds it (about 16 %) adjusts that endpoint's predictions."""
+
+TYPICAL_PROMPT_WEIGHT = 0.02
+"""Weight of each dispatched request's prompt length in the running mean the cold-start
+estimate measures prompt work in."""
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +102,9 @@ class _Pending:
     prediction: Prediction | None
     margins: Mapping[str, float]
     """The calibration margins ``prediction`` was made with."""
+    expected_ttft_s: float | None
+    """The TTFT the endpoint was chosen on (a model's prediction or the cold-start estimate): a
+    request still without a first token past it says the endpoint is slower than believed."""
     first_token_at: float | None = None
 
 
@@ -157,6 +170,12 @@ class LatencyPredictor:
             t: deque(maxlen=CALIBRATION_WINDOW) for t in CALIBRATED
         }
         self._scored = dict.fromkeys(CALIBRATED, 0)
+        self.drift = {t: LiveDrift() for t in TARGETS}
+        """Per target, each endpoint's live drift from the model's predictions (``drift.py``)."""
+        self.units = LiveDrift()
+        """Each endpoint's log seconds per unit of cold-start work (``estimate.py``)."""
+        self.typical_prompt = 0.0
+        """Running mean prompt length of dispatched requests (0 before the first)."""
 
     # -- model --------------------------------------------------------------------------
     def install(self, model: PredictorModel) -> None:
@@ -231,7 +250,9 @@ class LatencyPredictor:
     def predict(
         self, rows: np.ndarray, candidates: Sequence[Candidate], *, stream: bool | None = None
     ) -> list[Prediction] | None:
-        """Predictions for every candidate, or ``None``: route with the heuristic fallback.
+        """Predictions for every candidate; while no model is trusted (or it fails), the
+        cold-start estimates (``estimate``, flagged ``estimated``); ``None`` only when even
+        those cannot be made.
 
         ``stream`` says what the request needs: streamed, TTFT and TPOT (no e2e); not streamed,
         TTFT and e2e (TPOT too when there is no e2e model, to estimate e2e from); ``None``,
@@ -240,17 +261,77 @@ class LatencyPredictor:
         model = self.model
         if model is None or not self.ready:
             self._route_by_fallback(True, "no model" if model is None else "not ready")
-            return None
+            return self._estimated(rows, candidates)
         started = self._clock()
         try:
-            predictions = self._predict_all(model, rows, candidates, stream)
+            predictions = self._predict_all(model, rows, candidates, stream, now=started)
         except Exception:
             logger.exception("predictor.failed", extra={"version": model.version})
             self._route_by_fallback(True, "prediction failed")
-            return None
+            return self._estimated(rows, candidates)
         self.hooks.prediction_timed(self._clock() - started)
         self._route_by_fallback(False, "")
         return predictions
+
+    def _estimated(
+        self, rows: np.ndarray, candidates: Sequence[Candidate]
+    ) -> list[Prediction] | None:
+        try:
+            return self.estimate(rows, candidates)
+        except Exception:
+            logger.exception("predictor.estimate_failed")
+            return None
+
+    def estimate(self, rows: np.ndarray, candidates: Sequence[Candidate]) -> list[Prediction]:
+        """Cold-start TTFT estimates (``estimate.py``), flagged ``estimated``: what routing uses
+        while no model is trusted. Never raises for a well-formed row matrix."""
+        names = [c.endpoint.name for c in candidates]
+        units = self.units
+        default = units.median()
+        if default is None:
+            default = math.log(estimate.DEFAULT_SECONDS_PER_UNIT)
+        get = units.get
+        log_unit = np.array([u if (u := get(n)) is not None else default for n in names])
+        log_unit += self._lateness(names, self._clock())
+        seconds = estimate.work(rows, self.typical_prompt) * np.exp(log_unit)
+        return [Prediction(s, None, None, True) for s in seconds.tolist()]
+
+    def _lateness(self, names: Sequence[str], now: float) -> np.ndarray:
+        """Per endpoint, ``log(age / expected TTFT)`` of its oldest streamed request still
+        without a first token, when it is overdue (0 otherwise): a pod that stalls or slows
+        down shows it before any first token comes back from it."""
+        out = np.zeros(len(names))
+        awaiting = self._awaiting_first
+        if not awaiting:
+            return out
+        pending = self._pending
+        for i, name in enumerate(names):
+            queue = awaiting.get(name)
+            if not queue:
+                continue
+            oldest = pending.get(next(iter(queue)))
+            if oldest is None or not oldest.expected_ttft_s:
+                continue
+            age = now - oldest.dispatched_at
+            if age > oldest.expected_ttft_s:
+                out[i] = math.log(age / oldest.expected_ttft_s)
+        return out
+
+    def _adjustments(
+        self, target: str, names: Sequence[str], lateness: np.ndarray | None
+    ) -> np.ndarray | None:
+        """Per candidate, the log factor its ``target`` prediction is corrected by: its live
+        drift beyond the dead band, and for TTFT at least its lateness."""
+        drift = self.drift[target]
+        if not len(drift) and lateness is None:
+            return None
+        get = drift.get
+        out = np.array(
+            [dead_band(d, DRIFT_DEAD_BAND) if (d := get(n)) is not None else 0.0 for n in names]
+        )
+        if lateness is not None:
+            np.maximum(out, lateness, out=out)
+        return out
 
     def _predict_all(
         self,
@@ -258,6 +339,8 @@ class LatencyPredictor:
         rows: np.ndarray,
         candidates: Sequence[Candidate],
         stream: bool | None = None,
+        *,
+        now: float | None = None,
     ) -> list[Prediction]:
         names = tuple([c.endpoint.name for c in candidates])
         key = names if self.shape_label is None else (*names, *self.shapes(candidates))
@@ -267,25 +350,48 @@ class LatencyPredictor:
             offsets = cached.add_offsets(key, model, names, self.shapes(candidates))
         wide = widen(rows)
         margin = self.calibration.get if model.objective == "quantile" else _NO_MARGIN.get
-        ttft = _predict(model.ttft, wide, offsets[0], margin("ttft", 0.0))
+        lateness = (
+            self._lateness(names, self._clock() if now is None else now)
+            if self._awaiting_first
+            else None
+        )
+        adjust = [
+            self._adjustments("ttft", names, lateness),
+            self._adjustments("tpot", names, None),
+            self._adjustments("e2e", names, lateness),
+        ]
+        ttft = _predict(model.ttft, wide, offsets[0], margin("ttft", 0.0), adjust[0])
         tpot = (
-            _predict(model.tpot, wide, offsets[1], margin("tpot", 0.0))
+            _predict(model.tpot, wide, offsets[1], margin("tpot", 0.0), adjust[1])
             if stream is not False or model.e2e is None
             else None
         )
         e2e = (
-            _predict(model.e2e, wide, offsets[2], margin("e2e", 0.0))
+            _predict(model.e2e, wide, offsets[2], margin("e2e", 0.0), adjust[2])
             if stream is not True
             else None
         )
         n = len(candidates)
+        if all(a is None for a in adjust):
+            return [
+                Prediction(a, b, c)
+                for a, b, c in zip(
+                    repeat(None, n) if ttft is None else ttft,
+                    repeat(None, n) if tpot is None else tpot,
+                    repeat(None, n) if e2e is None else e2e,
+                    strict=False,  # a repeat() has no length; the lists have n items each
+                )
+            ]
+        zero = np.zeros(n)
+        factors = list(zip(*(zero if a is None else a for a in adjust), strict=True))
         return [
-            Prediction(a, b, c)
-            for a, b, c in zip(
+            Prediction(a, b, c, False, f)
+            for a, b, c, f in zip(
                 repeat(None, n) if ttft is None else ttft,
                 repeat(None, n) if tpot is None else tpot,
                 repeat(None, n) if e2e is None else e2e,
-                strict=False,  # a repeat() has no length; the lists have n items each
+                factors,
+                strict=False,
             )
         ]
 
@@ -326,7 +432,21 @@ class LatencyPredictor:
             if current is not None and current.objective == "quantile"
             else _NO_MARGIN
         )
-        self._pending[request_id] = _Pending(row, endpoint, model, stream, now, prediction, margins)
+        prompt = float(row[PROMPT])
+        typical = self.typical_prompt
+        self.typical_prompt = (
+            prompt if typical <= 0 else typical + TYPICAL_PROMPT_WEIGHT * (prompt - typical)
+        )
+        self._pending[request_id] = _Pending(
+            row,
+            endpoint,
+            model,
+            stream,
+            now,
+            None if prediction is None or prediction.estimated else prediction,
+            margins,
+            None if prediction is None else prediction.ttft_s,
+        )
         if stream:
             self._awaiting_first.setdefault(endpoint, {})[request_id] = now
         self._dispatches += 1
@@ -341,6 +461,10 @@ class LatencyPredictor:
         self._left_prefill(request_id, pending.endpoint, now)
         ttft = now - pending.dispatched_at
         self.windows["ttft"].add(pending.row, ttft, pending.endpoint)
+        if ttft > 0:
+            work = estimate.work_of(pending.row, self.typical_prompt)
+            self.units.observe(pending.endpoint, math.log(ttft / work))
+        self._drifted("ttft", pending, ttft)
         if pending.prediction is not None and pending.prediction.ttft_s is not None:
             self._score("ttft", pending.prediction.ttft_s, ttft, pending.margins)
             self.hooks.outcome("ttft", pending.model, pending.prediction.ttft_s, ttft)
@@ -357,13 +481,29 @@ class LatencyPredictor:
             tpot = record.tpot_s
             if tpot is not None and tpot > 0:
                 self.windows["tpot"].add(pending.row, tpot, pending.endpoint)
+                self._drifted("tpot", pending, tpot)
                 if pending.prediction is not None and pending.prediction.tpot_s is not None:
                     self._score("tpot", pending.prediction.tpot_s, tpot, pending.margins)
                     self.hooks.outcome("tpot", pending.model, pending.prediction.tpot_s, tpot)
         else:
             self.windows["e2e"].add(pending.row, record.e2e_s, pending.endpoint)
+            self._drifted("e2e", pending, record.e2e_s)
             if pending.prediction is not None and pending.prediction.e2e_s is not None:
                 self.hooks.outcome("e2e", pending.model, pending.prediction.e2e_s, record.e2e_s)
+
+    def _drifted(self, target: str, pending: _Pending, actual: float) -> None:
+        """Feed the endpoint's live drift from the model's own prediction (the one it was
+        chosen on, without the correction and the calibration margin applied to it: the drift
+        must not chase the calibration, which is computed on top of it)."""
+        prediction = pending.prediction
+        if prediction is None or actual <= 0:
+            return
+        index = _TARGET_INDEX[target]
+        predicted = (prediction.ttft_s, prediction.tpot_s, prediction.e2e_s)[index]
+        if predicted is None or predicted <= 0:
+            return
+        own = math.log(predicted) - prediction.adjust[index] - pending.margins.get(target, 0.0)
+        self.drift[target].observe(pending.endpoint, math.log(actual) - own)
 
     def _expire(self, now: float) -> None:
         """Drop requests whose end never came (a lost observer call must not leak memory)."""
@@ -450,14 +590,24 @@ class LatencyPredictor:
         return {t: len(w) for t, w in self.windows.items()}
 
 
+_TARGET_INDEX = {"ttft": 0, "tpot": 1, "e2e": 2}
+"""Each target's position in a ``Prediction`` (and in its ``adjust``)."""
+
+
 def _predict(
-    target: TargetModel | None, wide: np.ndarray, offsets: np.ndarray | None, margin: float
+    target: TargetModel | None,
+    wide: np.ndarray,
+    offsets: np.ndarray | None,
+    margin: float,
+    adjust: np.ndarray | None = None,
 ) -> list[float] | None:
     if target is None or offsets is None:
         return None
     seconds = target.predict_wide(wide, offsets)
     if margin:
         seconds *= math.exp(margin)
+    if adjust is not None:
+        seconds *= np.exp(adjust)
     out: list[float] = seconds.tolist()
     return out
 

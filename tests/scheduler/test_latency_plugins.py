@@ -190,7 +190,8 @@ def test_producer_records_the_chosen_row_and_turns_the_request_into_samples() ->
     rows = state.get(FEATURE_ROWS)
     assert rows is not None
     assert rows.shape[0] == 2
-    assert all(PREDICTION not in c.attributes for c in cs)  # no model yet: nothing predicted
+    # No model yet: cold-start estimates only, for ordering the candidates.
+    assert all((p := c.attributes.get(PREDICTION)) is not None and p.estimated for c in cs)
     result = SchedulingResult(
         primary=ProfileResult(profile="d", targets=[cs[1]]), candidates=cs, state=state
     )

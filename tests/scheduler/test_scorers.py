@@ -213,6 +213,27 @@ def test_prefix_cache_scorer(
     assert run(scorer, [with_match("a", match)]) == pytest.approx([expected])
 
 
+@pytest.mark.parametrize(
+    ("loads", "expected"),
+    [
+        ([0, 0, 0], [1.0, 0.0, 0.0]),
+        ([4, 0, 0], [1.0, 0.0, 0.0]),  # surplus 4: not more than maxImbalanceRequests
+        ([5, 0, 0], [0.0, 0.0, 0.0]),  # surplus 5 and 5 > 1.5 x (0 + 1): affinity yields
+        ([15, 10, 12], [1.0, 0.0, 0.0]),  # surplus 5 but 15 < 1.5 x 11: proportionate
+        ([20, 10, 12], [0.0, 0.0, 0.0]),
+        ([9, 2, 0], [0.0, 0.0, 0.0]),  # measured against the least loaded
+    ],
+)
+def test_prefix_affinity_yields_to_load(loads: list[int], expected: list[float]) -> None:
+    """Requests sharing one hot prefix must not pile up on the pod that cached it."""
+    candidates = [make_candidate(n, inflight_requests=q) for n, q in zip("abc", loads, strict=True)]
+    candidates[0].attributes.put(PREFIX_MATCH, PrefixMatch(32, 32, 64))
+    scorer = PrefixCacheScorer("p", max_imbalance_requests=4, max_imbalance_ratio=1.5)
+    assert run(scorer, candidates) == expected
+    never = PrefixCacheScorer("p", max_imbalance_requests=0)
+    assert run(never, candidates) == [1.0, 0.0, 0.0]
+
+
 def test_prefix_cache_scorer_llm_d_parameter_names() -> None:
     params = Params({"matchLengthWeight": 0.4, "matchLengthScaleTokens": 2048})
     scorer = PrefixCacheScorer.create("p", params, make_handle())
@@ -220,6 +241,11 @@ def test_prefix_cache_scorer_llm_d_parameter_names() -> None:
     assert (scorer.match_length_weight, scorer.match_length_scale_tokens) == (0.4, 2048)
     default = PrefixCacheScorer.create("p", Params({}), make_handle())
     assert (default.match_length_weight, default.match_length_scale_tokens) == (0.0, 8192)
+    assert (default.max_imbalance_requests, default.max_imbalance_ratio) == (4, 1.5)
+    params = Params({"maxImbalanceRequests": 0, "maxImbalanceRatio": 2})
+    off = PrefixCacheScorer.create("p", params, make_handle())
+    params.done()
+    assert (off.max_imbalance_requests, off.max_imbalance_ratio) == (0, 2.0)
 
 
 @pytest.mark.parametrize(

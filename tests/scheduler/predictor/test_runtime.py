@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 
+from scheduler.framework.attributes import Prediction
 from scheduler.framework.plugins import Outcome, RequestRecord
 from scheduler.predictor.features import feature_rows
 from scheduler.predictor.gbdt import GbdtParams
@@ -51,20 +52,27 @@ def record(
     )
 
 
+def estimated(predictions: list[Prediction] | None) -> bool:
+    """Cold-start estimates for every candidate (what routing uses while not ready)."""
+    return predictions is not None and all(p.estimated and p.ttft_s for p in predictions)
+
+
 def test_not_ready_without_a_model_or_when_unhealthy(trained: PredictorModel) -> None:
     clock = FakeClock()
     predictor = LatencyPredictor(clock=clock, rng=random.Random(0))
     candidates = [make_candidate("fast"), make_candidate("slow")]
     rows = feature_rows(make_request(), candidates)
-    assert predictor.predict(rows, candidates) is None
+    assert estimated(predictor.predict(rows, candidates))
     predictor.install(trained)
     assert predictor.ready
-    assert predictor.predict(rows, candidates) is not None
+    predictions = predictor.predict(rows, candidates)
+    assert predictions is not None
+    assert not any(p.estimated for p in predictions)
     predictor.trainer_healthy = False
-    assert predictor.predict(rows, candidates) is None
+    assert estimated(predictor.predict(rows, candidates))
     predictor.trainer_healthy = True
     predictor.install(dataclasses.replace(trained, beats_heuristic=False))
-    assert predictor.predict(rows, candidates) is None
+    assert estimated(predictor.predict(rows, candidates))
     assert (predictor.predicted_decisions, predictor.fallback_decisions) == (1, 3)
 
 
@@ -92,12 +100,15 @@ def test_a_failing_model_falls_back_and_logs_once(
     candidates = [make_candidate("fast")]
     bad_rows = np.zeros((1, 2))  # wrong width: the trees cannot read it
     with caplog.at_level(logging.INFO):
-        for _ in range(3):
+        for _ in range(3):  # neither the model nor the estimate can read the rows
             assert predictor.predict(bad_rows, candidates) is None
         good = feature_rows(make_request(), candidates)
-        assert predictor.predict(good, candidates) is not None
+        predictions = predictor.predict(good, candidates)
+        assert predictions is not None
+        assert not predictions[0].estimated
     events = [r.getMessage() for r in caplog.records]
     assert events.count("predictor.failed") == 3
+    assert events.count("predictor.estimate_failed") == 3
     assert events.count("predictor.fallback_on") == 1
     assert events.count("predictor.fallback_off") == 1
 

@@ -1,0 +1,77 @@
+"""Per-endpoint live correction: how far an endpoint's latencies drift from what was expected.
+
+A model is refitted every few seconds; a pod can slow down (a throttled GPU, a noisy neighbour,
+a long prompt hogging it) in less. The gateway sees every first token it relays, so for each
+endpoint it keeps an exponentially weighted mean of ``log(actual / expected)`` over its recent
+requests: one sample moves it by ``weight`` of the way, so a pod that turns 4x slower is seen
+within a handful of requests, and one that recovers is seen as fast once it serves again (the
+scorer keeps sending a recovering pod some work: its queue empties, so its estimate drops).
+
+Two uses (``runtime.LatencyPredictor``): with a trained model, the drift of live TTFT/TPOT from
+the model's own predictions, applied to that endpoint's next predictions beyond a dead band
+(the model's ordinary per-request error must not turn into routing noise); before a model is
+trusted, each endpoint's seconds per unit of estimated work (``estimate.py``), which makes the
+estimate a latency in seconds and orders fast and slow pods from their first answers.
+
+Memory is bounded: at most ``max_endpoints`` entries (the oldest is dropped beyond that; a pool
+that replaces its pods does not grow it).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+MAX_LOG_DRIFT = math.log(64.0)
+"""No sample moves an estimate by more than a factor of 64 (a stalled pod's timeout, a clock
+jump): what is learned stays finite."""
+
+
+class LiveDrift:
+    __slots__ = ("_median", "_values", "max_endpoints", "weight")
+
+    def __init__(self, *, weight: float = 0.25, max_endpoints: int = 4096) -> None:
+        if not 0.0 < weight <= 1.0:
+            raise ValueError(f"weight must be in (0, 1], got {weight}")
+        self.weight = weight
+        self.max_endpoints = max_endpoints
+        self._values: dict[str, float] = {}
+        self._median: float | None = None
+
+    def observe(self, endpoint: str, log_ratio: float) -> None:
+        """One request's ``log(actual / expected)`` on ``endpoint``."""
+        x = min(max(log_ratio, -MAX_LOG_DRIFT), MAX_LOG_DRIFT)
+        values = self._values
+        current = values.pop(endpoint, None)  # re-inserted last: the dict is in recency order
+        if current is None:
+            if len(values) >= self.max_endpoints:
+                del values[next(iter(values))]
+            values[endpoint] = x
+        else:
+            values[endpoint] = current + self.weight * (x - current)
+        self._median = None
+
+    def get(self, endpoint: str) -> float | None:
+        return self._values.get(endpoint)
+
+    def median(self) -> float | None:
+        """The median over endpoints with samples (the pool's typical value), ``None`` if none."""
+        if self._median is None and self._values:
+            self._median = statistics.median(self._values.values())
+        return self._median
+
+    def forget(self, endpoint: str) -> None:
+        if self._values.pop(endpoint, None) is not None:
+            self._median = None
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def dead_band(log_drift: float, band: float) -> float:
+    """``log_drift`` shrunk towards 0 by ``band`` (0 inside it): the part beyond ordinary error."""
+    if log_drift > band:
+        return log_drift - band
+    if log_drift < -band:
+        return log_drift + band
+    return 0.0
