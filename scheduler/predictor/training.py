@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scheduler.predictor import estimate
 from scheduler.predictor.base import fit_base
 from scheduler.predictor.boosting import fit_gbdt
 from scheduler.predictor.features import (
@@ -122,7 +123,7 @@ def fit_target(
         duration_s=time.process_time() - started,
         new=new_eval,
         previous=prev_eval,
-        heuristic_spearman=heuristic_spearman(test) if len(test) >= 2 else None,
+        heuristic_spearman=heuristic_spearman(test, train) if len(test) >= 2 else None,
         accepted=accepted,
     )
     return (model if accepted else None), report
@@ -182,16 +183,26 @@ def evaluate(model: TargetModel, test: WindowArrays, params: GbdtParams) -> Eval
     )
 
 
-def heuristic_spearman(test: WindowArrays) -> float:
-    """How well the load heuristic orders held-out latencies (higher cost = slower).
+def heuristic_spearman(test: WindowArrays, train: WindowArrays) -> float:
+    """How well the routing a model replaces orders held-out latencies (higher cost = slower).
 
-    The composite heuristic scores ``kv_free + relative_queue + prefix``; its cost is the
-    complement, computed per sample with the queue relative to the largest queue seen.
+    That is the cold-start estimate (``estimate.py``): work in request units (the typical
+    prompt is the training rows' mean) times each endpoint's seconds per unit, here the median
+    of ``latency / work`` over its training rows (the pool's median for an endpoint without
+    any), as the live estimate learns it from first tokens.
     """
-    X = test.X
-    waiting = np.maximum(X[:, WAITING], 0.0)
-    max_q = max(float(waiting.max()), 1.0)
-    cost = np.maximum(X[:, KV], 0.0) + waiting / max_q + (1.0 - X[:, PREFIX])
+    typical = float(train.X[:, PROMPT].mean()) if len(train) else 1.0
+    cost = estimate.work(test.X.copy(), typical)
+    units: dict[str, float] = {}
+    if len(train):
+        work = estimate.work(train.X.copy(), typical)
+        log_unit = np.log(np.maximum(train.y, 1e-9)) - np.log(work)
+        codes = train.endpoint.astype(np.int64)
+        for code in np.unique(codes):
+            units[train.endpoints[int(code)]] = float(np.median(log_unit[codes == code]))
+    default = float(np.median(list(units.values()))) if units else 0.0
+    by_code = np.array([units.get(name, default) for name in test.endpoints] or [default])
+    cost *= np.exp(by_code[test.endpoint.astype(np.int64)])
     return spearman(cost, test.y)
 
 
