@@ -7,8 +7,10 @@ llm-d's 0.8/0.2; a dimension with no spread drops out); for a non-streamed reque
 predicted end-to-end latency. Scores follow llm-d: ``int((1 - cost) * 100 + 1) / 100``, so the
 fastest scores 1.01 (clamped to 1 by the framework) and the slowest 0.01.
 
-When no candidate has a prediction (the predictor is not ready, failed or is stale), it scores
-with llm-d's composite fallback instead: ``kv_free·wkv + relative_queue·wq + prefix·wp`` with
+Before a model is trusted, the predictor's cold-start estimates (``Prediction.estimated``: TTFT
+only, from in-flight work and each pod's observed speed) are scored the same way. When no
+candidate has any prediction (the predictor failed outright), it scores with llm-d's composite
+fallback instead: ``kv_free·wkv + relative_queue·wq + prefix·wp`` with
 weights normalized to sum 1 (``compositeKVWeight``, ``compositeQueueWeight``,
 ``compositePrefixWeight``, default 1 each). Candidates with unknown metrics count as half-loaded.
 
