@@ -1,8 +1,10 @@
 """The app factory: ``create_app(cfg, deps)`` wires the gateway from config and dependencies.
 
-Resources with a lifetime (the upstream client session, the control-plane session used by the
+Resources with a lifetime (the relay's client session, the control-plane session used by the
 scraper and model discovery, their background tasks) live in ``cleanup_ctx`` generators, so a
 test that builds the app gets exactly what production gets, and shutdown releases everything.
+The two sessions are configured for their jobs: the relay's passes bytes through untouched, the
+control session asks for and decodes compressed answers.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from config import EndpointConfig, GatewayConfig, UpstreamConfig
+from config import EndpointConfig, GatewayConfig
+from gateway.backends.control_session import ControlSessionConfig
 from gateway.backends.discovery import run_discovery
-from gateway.backends.scraper import scrape_endpoint
+from gateway.backends.pool_state import ScrapeStatus
+from gateway.backends.scraper import EndpointScraper
 from gateway.deps import Dependencies
 from gateway.director import Director
 from gateway.keys import gateway_key
@@ -48,6 +52,7 @@ class Gateway:
     def __init__(self, cfg: GatewayConfig, deps: Dependencies) -> None:
         self.cfg = cfg
         self.clock = deps.clock
+        self.rng = deps.rng
         self.started_at = int(time.time())
         self.draining = False
         self.engines = {endpoint_from_config(e).name: e.engine for e in cfg.pool.endpoints}
@@ -57,6 +62,8 @@ class Gateway:
             static_models=cfg.pool.models,
         )
         self.metrics = GatewayMetrics(self.store, deps.clock)
+        self.scrape_status = {e.name: ScrapeStatus() for e in self.store.endpoints}
+        """What each endpoint's last scrape found (``/ready`` shows it)."""
         self.predictor = LatencyPredictor(
             clock=deps.clock,
             rng=deps.rng,
@@ -77,12 +84,15 @@ class Gateway:
             shapes=self.endpoint_shapes,
             clock=deps.clock,
             worker=deps.training_worker,
+            rng=deps.rng,
+            on_loop_error=self.metrics.background_task_errors.labels("trainer").inc,
         )
         if self.predictor.enabled:
             predictor_metrics = PredictorMetrics(self.metrics.registry)
             self.predictor.hooks = predictor_metrics
             self.metrics.registry.register(PredictorStateCollector(self.predictor, self.trainer))
         self._session_factory = deps.session_factory
+        self._control_session_factory = deps.control_session_factory
         self._session: aiohttp.ClientSession | None = None
         self._control_session: aiohttp.ClientSession | None = None
         self.director = Director(
@@ -116,11 +126,11 @@ class Gateway:
     async def sessions_ctx(self, app: web.Application) -> AsyncIterator[None]:
         self._session = self._session_factory(self.cfg.upstream)
         # Scrapes and discovery get their own small pool so they never wait behind streams.
-        self._control_session = self._session_factory(
-            UpstreamConfig(
+        self._control_session = self._control_session_factory(
+            ControlSessionConfig(
                 connect_timeout_s=self.cfg.upstream.connect_timeout_s,
-                read_idle_timeout_s=self.cfg.pool.scrape_timeout_ms / 1000,
-                max_connections=0,
+                request_timeout_s=self.cfg.pool.scrape_timeout_ms / 1000,
+                max_connections=2 * max(1, len(self.store.endpoints)),
             )
         )
         yield
@@ -131,7 +141,7 @@ class Gateway:
     async def background_ctx(self, app: web.Application) -> AsyncIterator[None]:
         tasks = [
             asyncio.create_task(
-                scrape_endpoint(
+                EndpointScraper(
                     endpoint,
                     engine=self.engines.get(endpoint.name, "vllm"),
                     store=self.store,
@@ -139,7 +149,9 @@ class Gateway:
                     cfg=self.cfg.pool,
                     metrics=self.metrics,
                     clock=self.clock,
-                ),
+                    rng=self.rng,
+                    status=self.scrape_status.setdefault(endpoint.name, ScrapeStatus()),
+                ).run(),
                 name=f"scrape:{endpoint.name}",
             )
             for endpoint in self.store.endpoints
@@ -150,7 +162,14 @@ class Gateway:
         if not self.cfg.pool.models:
             tasks.append(
                 asyncio.create_task(
-                    run_discovery(self.store, self.control_session, self.cfg.pool),
+                    run_discovery(
+                        self.store,
+                        self.control_session,
+                        self.cfg.pool,
+                        metrics=self.metrics,
+                        clock=self.clock,
+                        rng=self.rng,
+                    ),
                     name="discovery",
                 )
             )

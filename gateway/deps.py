@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from config import UpstreamConfig
+from gateway.backends.control_session import ControlSessionConfig, make_control_session
 from gateway.proxy import make_session
 from gateway.tokenizer import Tokenizer
 from gateway.training_worker import TrainingWorker
@@ -29,6 +30,11 @@ class Dependencies:
     plugin_registry: PluginRegistry | None = None
     """``None``: the built-in plugins."""
     session_factory: Callable[[UpstreamConfig], aiohttp.ClientSession] = make_session
+    """The relay's session to the endpoints (inference requests)."""
+    control_session_factory: Callable[[ControlSessionConfig], aiohttp.ClientSession] = (
+        make_control_session
+    )
+    """The scraper's and model discovery's session (decompresses, small pool)."""
     observers: tuple[RequestObserver, ...] = ()
     """Extra consumers of finished-request records (e.g. a test recorder)."""
     training_worker: TrainingWorker | None = None

@@ -40,6 +40,10 @@ TOKEN_BUCKETS = (
 )  # fmt: skip
 
 
+BACKGROUND_TASKS = ("scrape", "discovery", "trainer")
+"""The ``task`` label values of ``slogate_background_task_errors_total``."""
+
+
 class GatewayMetrics:
     """Owns the registry; the director and the scheduler's timer record into it."""
 
@@ -120,9 +124,18 @@ class GatewayMetrics:
         )
         self.scrape_errors = self._counter(
             "slogate_endpoint_scrape_errors",
-            "Failed metrics scrapes, by endpoint.",
+            "Metrics scrapes that gave no usable metrics (unreachable, error status, "
+            "undecodable or unparsable answer, unexpected error), by endpoint.",
             ("endpoint",),
         )
+        self.background_task_errors = self._counter(
+            "slogate_background_task_errors",
+            "Unexpected exceptions caught in a background task, which carried on after a "
+            "backoff; by task.",
+            ("task",),
+        )
+        for task in BACKGROUND_TASKS:
+            self.background_task_errors.labels(task)
         self.registry.register(PoolCollector(store, clock))
         self._plugin_children: dict[tuple[str, str, str], Any] = {}
         self._model_children: dict[str, _ModelChildren] = {}
@@ -225,6 +238,12 @@ class PoolCollector(Collector):
             "1 when the endpoint's metrics are fresh, 0 when stale or unknown, -1 when down.",
             labels=("endpoint",),
         )
+        known = GaugeMetricFamily(
+            "slogate_endpoint_metrics_known",
+            "1 when the endpoint's load metrics are fresh and usable, else 0 (never scraped, "
+            "undecodable or missing metrics, stale, down).",
+            labels=("endpoint",),
+        )
         ready = 0
         kv: list[float] = []
         queue: list[float] = []
@@ -235,6 +254,7 @@ class PoolCollector(Collector):
             prefill.add_metric((endpoint.name,), load.prefill_tokens)
             health = store.health(endpoint.name, now)
             up.add_metric((endpoint.name,), {Health.UP: 1, Health.UNKNOWN: 0}.get(health, -1))
+            known.add_metric((endpoint.name,), 1 if health is Health.UP else 0)
             if health is Health.DOWN:
                 continue
             ready += 1
@@ -246,6 +266,7 @@ class PoolCollector(Collector):
         yield inflight
         yield prefill
         yield up
+        yield known
         yield GaugeMetricFamily(
             "inference_pool_ready_pods", "Endpoints not marked down.", value=ready
         )

@@ -8,6 +8,10 @@ unhealthy and routing falls back to the heuristic until a run succeeds again.
 
 With ``state_dir`` set, every installed generation and the training window are written there
 (in a thread, atomically via rename) and read back at start, so a restart is warm.
+
+The loop never dies: an exception nobody foresaw (a full disk while saving, a bug) is logged
+with its traceback, counted as a failed run and through ``on_loop_error``, and the next run
+waits for a capped, jittered backoff (at least one interval).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import logging
 import math
 import os
+import random
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from config import PredictorConfig
+from gateway.backends.backoff import Backoff
 from gateway.training_worker import TrainingError, TrainingWorker
 from scheduler.predictor.gbdt import GbdtParams
 from scheduler.predictor.model import PredictorModel, model_from_arrays, model_to_arrays
@@ -34,6 +40,8 @@ from scheduler.predictor.window import WindowArrays
 
 logger = logging.getLogger(__name__)
 
+MAX_BACKOFF_INTERVALS = 30
+"""After repeated unexpected errors, retry at most this many intervals apart."""
 MODEL_FILE = "model.npz"
 WINDOW_FILE = "window.npz"
 
@@ -80,6 +88,8 @@ class PredictorTrainer:
         shapes: Callable[[], Mapping[str, str]],
         clock: Callable[[], float],
         worker: TrainingWorker | None = None,
+        rng: random.Random | None = None,
+        on_loop_error: Callable[[], object] = lambda: None,
     ) -> None:
         self.predictor = predictor
         self.cfg = cfg
@@ -90,6 +100,8 @@ class PredictorTrainer:
         self._params = gbdt_params(cfg)
         self._version = 0
         self._state_dir = Path(cfg.state_dir) if cfg.state_dir else None
+        self._rng = rng or random.Random()
+        self._on_loop_error = on_loop_error
 
     # -- the loop -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -98,12 +110,36 @@ class PredictorTrainer:
         11.2 s); a run that overruns its slot skips the slots it covered."""
         interval = self.cfg.retrain_interval_s
         loop = asyncio.get_running_loop()
+        backoff = Backoff(base_s=interval, cap_s=MAX_BACKOFF_INTERVALS * interval, rng=self._rng)
         slot = loop.time() + interval
         while True:
             await asyncio.sleep(max(slot - loop.time(), 0.0))
-            if self.predictor.enabled:
-                await self.train_once()
+            try:
+                if self.predictor.enabled:
+                    await self.train_once()
+            except Exception as exc:  # the loop outlives whatever went wrong
+                delay_s = backoff.next_delay_s()
+                self._loop_error(exc, backoff.failures, delay_s)
+                now = loop.time()
+                slot = max(next_slot(slot, now, interval), now + delay_s)
+                continue
+            backoff.reset()
             slot = next_slot(slot, loop.time(), interval)
+
+    def _loop_error(self, exc: Exception, consecutive: int, retry_in_s: float) -> None:
+        self._on_loop_error()
+        logger.warning(
+            "predictor.trainer_error",
+            exc_info=exc,
+            extra={
+                "task": "trainer",
+                "error": str(exc) or type(exc).__name__,
+                "consecutive": consecutive,
+                "retry_in_s": round(retry_in_s, 3),
+            },
+        )
+        # A run that died this way produced no model: it counts towards the fallback.
+        self._count_failure()
 
     def due(self) -> bool:
         return any(len(w) >= self.cfg.min_samples for w in self.predictor.windows.values())
@@ -170,12 +206,15 @@ class PredictorTrainer:
         return outcome
 
     def _failed(self, exc: TrainingError) -> None:
-        self.stats.failed += 1
-        self.stats.consecutive_failures += 1
         logger.warning(
             "predictor.training_failed",
             extra={"error": str(exc).strip().splitlines()[-1:], "kind": type(exc).__name__},
         )
+        self._count_failure()
+
+    def _count_failure(self) -> None:
+        self.stats.failed += 1
+        self.stats.consecutive_failures += 1
         if (
             self.stats.consecutive_failures >= self.cfg.max_training_failures
             and self.predictor.trainer_healthy

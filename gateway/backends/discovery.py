@@ -2,32 +2,41 @@
 
 Polls every endpoint at start, then every ``models_refresh_s``; an endpoint whose models are
 still unknown is polled every second until it answers. Skipped entirely when the pool
-declares its models in config.
+declares its models in config. A poll that fails in a way nobody foresaw is logged with its
+traceback and counted in ``slogate_background_task_errors_total{task="discovery"}``; that
+endpoint is polled again after a capped, jittered backoff, and the task carries on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 
 import aiohttp
 import orjson
 
 from config import PoolConfig
+from gateway.backends.backoff import Backoff
+from gateway.telemetry import GatewayMetrics
 from scheduler.datalayer.store import EndpointStore
 from scheduler.framework.types import Endpoint
 
 logger = logging.getLogger(__name__)
 
+TASK = "discovery"
 _RETRY_UNKNOWN_S = 1.0
+_UNEXPECTED_BACKOFF_CAP_S = 60.0
 
 
 async def fetch_models(
     session: aiohttp.ClientSession, endpoint: Endpoint, timeout_s: float
 ) -> list[str]:
     async with session.get(
-        f"{endpoint.url}/v1/models", timeout=aiohttp.ClientTimeout(total=timeout_s)
+        f"{endpoint.url}/v1/models",
+        headers={"Accept": "application/json"},
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
     ) as resp:
         if resp.status != 200:
             raise ValueError(f"status {resp.status}")
@@ -42,9 +51,16 @@ async def run_discovery(
     store: EndpointStore,
     session: Callable[[], aiohttp.ClientSession],
     cfg: PoolConfig,
+    *,
+    metrics: GatewayMetrics,
+    clock: Callable[[], float],
+    rng: random.Random,
 ) -> None:
     timeout_s = cfg.scrape_timeout_ms / 1000
     known: dict[str, bool] = {}
+    backoffs: dict[str, Backoff] = {}
+    retry_at: dict[str, float] = {}
+    task_errors = metrics.background_task_errors.labels(TASK)
 
     async def poll(endpoint: Endpoint) -> None:
         try:
@@ -62,6 +78,35 @@ async def run_discovery(
             logger.info("endpoint.models", extra={"endpoint": endpoint.name, "models": models})
         known[endpoint.name] = True
 
+    async def guarded_poll(endpoint: Endpoint) -> None:
+        name = endpoint.name
+        try:
+            await poll(endpoint)
+        except Exception as exc:  # the task outlives whatever went wrong
+            backoff = backoffs.get(name)
+            if backoff is None:
+                backoff = backoffs[name] = Backoff(
+                    base_s=_RETRY_UNKNOWN_S, cap_s=_UNEXPECTED_BACKOFF_CAP_S, rng=rng
+                )
+            delay_s = backoff.next_delay_s()
+            retry_at[name] = clock() + delay_s
+            known[name] = False  # polled again once the backoff has passed
+            task_errors.inc()
+            logger.warning(
+                "discovery.unexpected_error",
+                exc_info=exc,
+                extra={
+                    "endpoint": name,
+                    "task": TASK,
+                    "error": str(exc) or type(exc).__name__,
+                    "consecutive": backoff.failures,
+                    "retry_in_s": round(delay_s, 3),
+                },
+            )
+        else:
+            backoffs.pop(name, None)
+            retry_at.pop(name, None)
+
     waited = cfg.models_refresh_s
     while True:
         if waited >= cfg.models_refresh_s:
@@ -69,7 +114,9 @@ async def run_discovery(
             waited = 0.0
         else:
             targets = [e for e in store.endpoints if not known.get(e.name, False)]
+        now = clock()
+        targets = [e for e in targets if retry_at.get(e.name, now) <= now]
         if targets:
-            await asyncio.gather(*(poll(e) for e in targets))
+            await asyncio.gather(*(guarded_poll(e) for e in targets))
         await asyncio.sleep(_RETRY_UNKNOWN_S)
         waited += _RETRY_UNKNOWN_S

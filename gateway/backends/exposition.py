@@ -1,6 +1,7 @@
 """Parse a model server's Prometheus ``/metrics`` text into an :class:`EndpointMetrics` snapshot.
 
-Pure parsing, no I/O: the scraper calls :func:`parse_exposition` every 50 ms per endpoint.
+Pure parsing, no I/O: the scraper calls :func:`decode_exposition` and :func:`parse_exposition`
+every 50 ms per endpoint.
 
 Metric names (llm-d's):
 
@@ -121,6 +122,21 @@ def parse_exposition(text: str, *, engine: str, now: float) -> EndpointMetrics:
         if not all(any(name in text for name in group) for group in required):
             raise
     return _snapshot(_FullIndex(text), names, now)
+
+
+def decode_exposition(body: bytes) -> str:
+    """The exposition's text: UTF-8, as the format requires (whatever the Content-Type says).
+
+    Raises :class:`ExpositionError` for bytes that are not UTF-8 (an undecoded compressed body,
+    garbage), so one bad answer is a failed scrape, never an exception the scraper did not
+    expect.
+    """
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ExpositionError(
+            f"not UTF-8 text: {exc.reason} at byte {exc.start} of {len(body)}"
+        ) from exc
 
 
 def parse_exposition_strict(text: str, *, engine: str, now: float) -> EndpointMetrics:

@@ -6,6 +6,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.backends.pool_state import describe_pool
 from gateway.keys import gateway_key
 
 
@@ -18,13 +19,17 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
+    """200 while some endpoint is usable, 503 when none is or while draining. ``detail`` gives
+    every endpoint's state (``up``, ``metrics_unknown``, ``down``) and, when not up, why."""
     gw = request.app[gateway_key]
     if gw.draining:
         return _json({"status": "draining"}, status=503)
-    usable = gw.store.usable(gw.clock())
+    now = gw.clock()
+    usable = gw.store.usable(now)
+    detail = describe_pool(gw.store, gw.scrape_status, now)
     if not usable:
-        return _json({"status": "no usable endpoint"}, status=503)
-    return _json({"status": "ready", "endpoints": [e.name for e in usable]})
+        return _json({"status": "no usable endpoint", "detail": detail}, status=503)
+    return _json({"status": "ready", "endpoints": [e.name for e in usable], "detail": detail})
 
 
 async def models(request: web.Request) -> web.Response:
