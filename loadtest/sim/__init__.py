@@ -1,8 +1,10 @@
 """A simulated vLLM server fleet for demos, tests and benchmarks.
 
-Latency comes from a model of a GPU running continuous batching (chunked prefill, a token
-budget per step, a KV cache with prefix caching and recompute preemption), never from fixed
-per-request sleeps, so a router that predicts latency has something real to predict.
+Latency comes from a model, never from fixed per-request sleeps, so a router that predicts
+latency has something real to predict. Two engines: ``vllm`` (the default), a GPU running
+continuous batching (chunked prefill, a token budget per step, a KV cache with prefix caching
+and recompute preemption); and ``slots``, the llm-d inference simulator's model (a prefill and
+inter-token time per request, stretched by a load factor, with the same KV cache).
 
 Modules, one concept each:
 
@@ -10,7 +12,10 @@ Modules, one concept each:
 - :mod:`~loadtest.sim.costmodel` how long a step takes on the simulated GPU
 - :mod:`~loadtest.sim.kvcache`   block allocator and LRU prefix cache with chained hashes
 - :mod:`~loadtest.sim.request`   one request's state and the engine-to-handler wake-up
-- :mod:`~loadtest.sim.engine`    the scheduler (pure) and its asyncio step loop
+- :mod:`~loadtest.sim.engines`   ``SimEngine``, the contract the server uses, and the registry
+- :mod:`~loadtest.sim.engine`    the ``vllm`` engine: scheduler (pure) and its asyncio step loop
+- :mod:`~loadtest.sim.slots`     the ``slots`` engine: work clock, event heap and one loop
+- :mod:`~loadtest.sim.alarm`     the engines' interruptible sleep
 - :mod:`~loadtest.sim.stats`     counters, histograms and the step-timing log
 - :mod:`~loadtest.sim.metrics`   vLLM-named Prometheus metrics on the sim's own registry
 - :mod:`~loadtest.sim.protocol`  OpenAI/vLLM request parsing and response bytes
@@ -20,6 +25,7 @@ Modules, one concept each:
 
 from loadtest.sim.config import SimConfig, SimConfigError
 from loadtest.sim.costmodel import BatchShape, CostModel
+from loadtest.sim.engines import ENGINES, SimEngine, create_engine
 from loadtest.sim.server import (
     SIM_CONFIG_KEY,
     SIM_ENGINE_KEY,
@@ -30,6 +36,7 @@ from loadtest.sim.server import (
 )
 
 __all__ = [
+    "ENGINES",
     "SIM_CONFIG_KEY",
     "SIM_ENGINE_KEY",
     "SIM_REGISTRY_KEY",
@@ -37,7 +44,9 @@ __all__ = [
     "CostModel",
     "SimConfig",
     "SimConfigError",
+    "SimEngine",
     "SimServer",
+    "create_engine",
     "create_sim_app",
     "start_sim_server",
 ]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from loadtest.sim.config import SimConfig, SimConfigError
+from loadtest.sim.config import ENGINE_NAMES, SimConfig, SimConfigError
 from loadtest.sim.server import create_sim_app
 
 logger = logging.getLogger(__name__)
@@ -31,10 +31,18 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port to listen on")
     parser.add_argument("--model", default=_DEFAULTS.model, help="served model name")
     parser.add_argument(
+        "--engine",
+        choices=ENGINE_NAMES,
+        default=_DEFAULTS.engine,
+        help="latency model: vllm = continuous batching with a step cost model; slots = the "
+        "llm-d inference simulator's model (max-num-seqs slots, per-request timers)",
+    )
+    parser.add_argument(
         "--speed",
         type=float,
         default=_DEFAULTS.speed,
-        help="GPU speed factor: every modelled cost is divided by it (2.0 = twice as fast)",
+        help="GPU speed factor: every modelled time is divided by it (2.0 = twice as fast); "
+        "POST /sim/speed changes it at run time",
     )
     parser.add_argument(
         "--max-num-seqs",
@@ -72,12 +80,41 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=_DEFAULTS.seed, help="seed of the output-length draws"
     )
+    slots = parser.add_argument_group(
+        "slots engine", "latency model of --engine slots (ignored by --engine vllm)"
+    )
+    slots.add_argument(
+        "--prefill-overhead-ms",
+        type=float,
+        default=_DEFAULTS.prefill_overhead_ms,
+        help="slots engine only: fixed part of a request's prefill (time to first token)",
+    )
+    slots.add_argument(
+        "--prefill-ms-per-token",
+        type=float,
+        default=_DEFAULTS.prefill_ms_per_token,
+        help="slots engine only: prefill time per uncached prompt token",
+    )
+    slots.add_argument(
+        "--itl-ms",
+        type=float,
+        default=_DEFAULTS.itl_ms,
+        help="slots engine only: inter-token latency of a request running alone",
+    )
+    slots.add_argument(
+        "--time-factor-under-load",
+        type=float,
+        default=_DEFAULTS.time_factor_under_load,
+        help="slots engine only: slowdown of prefill and inter-token times with max-num-seqs "
+        "requests running (linear from 1.0 with one running; >= 1)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     """The :class:`SimConfig` the parsed flags describe (raises :class:`SimConfigError`)."""
     return SimConfig(
         model=args.model,
+        engine=args.engine,
         speed=args.speed,
         max_num_seqs=args.max_num_seqs,
         kv_blocks=args.kv_blocks,
@@ -86,6 +123,10 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         max_model_len=args.max_model_len,
         time_scale=args.time_scale,
         seed=args.seed,
+        prefill_overhead_ms=args.prefill_overhead_ms,
+        prefill_ms_per_token=args.prefill_ms_per_token,
+        itl_ms=args.itl_ms,
+        time_factor_under_load=args.time_factor_under_load,
     )
 
 
@@ -112,6 +153,7 @@ def run_sim(args: argparse.Namespace) -> None:
             "host": args.host,
             "port": args.port,
             "model": config.model,
+            "engine": config.engine,
             "speed": config.speed,
             "time_scale": config.time_scale,
             "max_num_seqs": config.max_num_seqs,
@@ -133,7 +175,8 @@ def run_sim(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m loadtest.sim``: the same flags as ``slogate sim``."""
     parser = argparse.ArgumentParser(
-        prog="python -m loadtest.sim", description="Simulated vLLM server (continuous batching)."
+        prog="python -m loadtest.sim",
+        description="Simulated vLLM server (continuous batching or llm-d-style slots).",
     )
     add_sim_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -13,30 +13,32 @@ Each step (see :meth:`Engine.schedule`):
    prompt (above a small watermark). The longest cached chain of prompt blocks is reused and
    only the rest is prefilled, in chunks that fit the remaining budget.
 
-The step's duration comes from :class:`~loadtest.sim.costmodel.CostModel`. The loop
-(:meth:`Engine.run`) sleeps that long divided by ``time_scale``, against a timeline, so small
-wake-up delays do not add up; then :meth:`Engine.complete` applies the step: prompt blocks
-that became full are registered in the prefix cache, each sequence whose tokens are all
-computed samples one token, and handlers are woken. ``schedule`` and ``complete`` are plain
-synchronous functions of the engine state, so tests drive them without a loop or a server.
+The step's duration comes from :class:`~loadtest.sim.costmodel.CostModel` at the engine's
+current speed. The loop (:meth:`Engine.run`) sleeps that long divided by ``time_scale``,
+against a timeline, so small wake-up delays do not add up (a speed change mid-step rescales
+the rest of the step); then :meth:`Engine.complete` applies the step: prompt blocks that became
+full are registered in the prefix cache, each sequence whose tokens are all computed samples
+one token, and handlers are woken. ``schedule`` and ``complete`` are plain synchronous
+functions of the engine state, so tests drive them without a loop or a server.
+
+This is the ``vllm`` engine; :mod:`loadtest.sim.engines` has the contract it shares with the
+``slots`` engine.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
+import dataclasses
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from loadtest.sim.alarm import Alarm
 from loadtest.sim.config import SimConfig
 from loadtest.sim.costmodel import BatchShape
 from loadtest.sim.kvcache import KVCache
 from loadtest.sim.request import RequestState, SimRequest
 from loadtest.sim.stats import EngineStats, StepTimingLog
-
-logger = logging.getLogger(__name__)
 
 _WAITING = RequestState.WAITING
 _RUNNING = RequestState.RUNNING
@@ -71,10 +73,24 @@ class Engine:
         self.running: list[SimRequest] = []
         self._clock = clock
         self._work = asyncio.Event()
+        self._step_alarm = Alarm()
+        self._speed = config.speed
 
     @property
     def num_waiting(self) -> int:
         return len(self.waiting)
+
+    @property
+    def speed(self) -> float:
+        return self._speed
+
+    def set_speed(self, speed: float) -> None:
+        """From now on, steps take ``cost / speed``; the step in flight finishes its remaining
+        part at the new speed."""
+        if not speed > 0:
+            raise ValueError(f"speed must be > 0 (got {speed!r})")
+        self._speed = speed
+        self._step_alarm.wake()
 
     @property
     def num_running(self) -> int:
@@ -186,7 +202,7 @@ class Engine:
             num_decodes=num_decodes,
             decode_context_tokens=decode_context,
         )
-        modelled_s = config.cost.batch_seconds(batch, speed=config.speed) if items else 0.0
+        modelled_s = config.cost.batch_seconds(batch, speed=self._speed) if items else 0.0
         return ScheduledStep(items=items, batch=batch, modelled_s=modelled_s)
 
     def complete(self, step: ScheduledStep, now: float) -> None:
@@ -267,8 +283,15 @@ class Engine:
                     timeline_s = now
                     previous_done_s = None
                 deadline_s = timeline_s + wall_s
-                delay_s = deadline_s - now
-                await asyncio.sleep(delay_s if delay_s > 0 else 0)
+                step_speed = self._speed
+                while not await self._step_alarm.sleep(deadline_s - now):
+                    # The speed changed mid-step: the rest of the step runs at the new speed.
+                    now = clock()
+                    remaining_s = max(0.0, deadline_s - now) * step_speed / self._speed
+                    step_speed = self._speed
+                    deadline_s = now + remaining_s
+                    wall_s = deadline_s - timeline_s
+                    step = dataclasses.replace(step, modelled_s=wall_s * time_scale)
                 done_s = clock()
                 self.complete(step, done_s)
                 timings.record(
@@ -307,22 +330,3 @@ class Engine:
     def _free_blocks(self, request: SimRequest) -> None:
         self.kv.release(request.blocks)
         request.blocks = []
-
-
-@contextlib.asynccontextmanager
-async def running_engine(engine: Engine) -> AsyncIterator[None]:
-    """Run ``engine``'s step loop for the duration of the block (used by the app's cleanup_ctx)."""
-    task = asyncio.get_running_loop().create_task(engine.run(), name="sim-engine-step-loop")
-    task.add_done_callback(_log_crash)
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    """A step loop that dies leaves every request hanging: say so loudly."""
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("sim.engine_crashed", exc_info=task.exception())

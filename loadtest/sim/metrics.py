@@ -7,10 +7,14 @@ families also mean no ``*_created`` series, and counters are named without ``_to
 prometheus_client's own suffix gives exactly vLLM's exposed names
 (``vllm:prompt_tokens_total``). Every series carries ``model_name`` and ``engine="0"``,
 as vLLM V1 labels them.
+
+The exposition is gzip-compressed when the scraper's ``Accept-Encoding`` lists ``gzip``, and
+plain otherwise, as vLLM's ``/metrics`` (prometheus_client's ASGI app) serves it.
 """
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -20,12 +24,15 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, gzip_accepted
 
-from loadtest.sim.engine import Engine
+from loadtest.sim.engines import SimEngine
 from loadtest.sim.stats import FINISH_REASONS, Histogram
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+# prometheus_client uses gzip's default level 9; level 1 is the same format, several times
+# cheaper, and a scrape every 50 ms should cost the sim next to nothing.
+GZIP_LEVEL = 1
 
 _LABELS = ("model_name", "engine")
 
@@ -33,7 +40,7 @@ _LABELS = ("model_name", "engine")
 class SimCollector:
     """Collects one engine's vLLM metrics (registered on the sim's own registry)."""
 
-    def __init__(self, engine: Engine, model_name: str) -> None:
+    def __init__(self, engine: SimEngine, model_name: str) -> None:
         self._engine = engine
         self._label_values = (model_name, "0")
         config = engine.config
@@ -135,7 +142,7 @@ class SimCollector:
         return family
 
 
-def create_registry(engine: Engine, model_name: str) -> CollectorRegistry:
+def create_registry(engine: SimEngine, model_name: str) -> CollectorRegistry:
     """A fresh registry holding only this engine's metrics (never the default registry)."""
     registry = CollectorRegistry()
     registry.register(SimCollector(engine, model_name))
@@ -145,3 +152,16 @@ def create_registry(engine: Engine, model_name: str) -> CollectorRegistry:
 def render_metrics(registry: CollectorRegistry) -> bytes:
     """Prometheus text exposition (format 0.0.4) of ``registry``."""
     return generate_latest(registry)
+
+
+def metrics_exposition(
+    registry: CollectorRegistry, accept_encoding: str
+) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of a ``/metrics`` response: gzip when ``accept_encoding`` accepts it
+    (prometheus_client's own test of the header), plain text otherwise."""
+    body = render_metrics(registry)
+    headers = {"Content-Type": METRICS_CONTENT_TYPE, "Vary": "Accept-Encoding"}
+    if gzip_accepted(accept_encoding):
+        body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+        headers["Content-Encoding"] = "gzip"
+    return body, headers

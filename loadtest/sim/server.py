@@ -1,11 +1,13 @@
 """The simulated vLLM server as an aiohttp app: factory, route table, thin handlers.
 
-``create_sim_app(config)`` builds one sim; its engine step loop starts and stops with the app
-(``cleanup_ctx``), and it owns its metrics registry, so one process can serve several sims
-(a heterogeneous demo fleet) on one event loop. ``start_sim_server`` runs one on a TCP port
-with handler cancellation on, which the sim relies on: a client that goes away cancels its
-handler, and the handler's ``finally`` aborts the request, freeing its batch slot and KV
-blocks at once, whether it was running or still waiting.
+``create_sim_app(config)`` builds one sim around the engine ``config.engine`` names (``vllm``
+or ``slots``, both behind :class:`~loadtest.sim.engines.SimEngine`); the engine's loop starts
+and stops with the app (``cleanup_ctx``), and the app owns its metrics registry, so one
+process can serve several sims (a heterogeneous demo fleet) on one event loop.
+``start_sim_server`` runs one on a TCP port with handler cancellation on, which the sim
+relies on: a client that goes away cancels its handler, and the handler's ``finally`` aborts
+the request, freeing its batch slot and KV blocks at once, whether it was running or still
+waiting.
 
 Routes::
 
@@ -13,14 +15,17 @@ Routes::
     POST /v1/chat/completions    OpenAI chat completions (stream and non-stream)
     GET  /v1/models              the served model
     GET  /health                 200, empty body
-    GET  /metrics                vLLM-named Prometheus metrics
-    GET  /sim/stats              JSON: step timing vs the cost model, CPU time, counters
+    GET  /metrics                vLLM-named Prometheus metrics (gzip if the client accepts it)
+    GET  /sim/stats              JSON: engine, speed, step timing vs the model, CPU, counters
     POST /sim/stats/reset        clear the step-timing log (benchmarks call it after warm-up)
+    GET  /sim/speed              {"speed": current}
+    POST /sim/speed              {"speed": new > 0}: slow the pod down or speed it up now
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -28,20 +33,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 
 from gateway.tokenizer import Tokenizer, load_tokenizer
 from loadtest.sim.config import SimConfig
-from loadtest.sim.engine import Engine, running_engine
+from loadtest.sim.engines import SimEngine, create_engine, running_engine
 from loadtest.sim.kvcache import hash_prompt_blocks
-from loadtest.sim.metrics import METRICS_CONTENT_TYPE, create_registry, render_metrics
+from loadtest.sim.metrics import create_registry, metrics_exposition
 from loadtest.sim.protocol import (
     SSE_DONE,
     ApiError,
     ParsedRequest,
     StreamEncoder,
+    bad_request,
     completion_body,
     filler_text,
     parse_chat_request,
@@ -52,7 +58,8 @@ from loadtest.sim.protocol import (
 from loadtest.sim.request import RequestState, SimRequest, draw_output_len
 
 SIM_CONFIG_KEY = web.AppKey("sim_config", SimConfig)
-SIM_ENGINE_KEY = web.AppKey("sim_engine", Engine)
+# Subscripted, not AppKey(name, SimEngine): a Protocol is not a concrete class for type[T].
+SIM_ENGINE_KEY = web.AppKey[SimEngine]("sim_engine")
 SIM_REGISTRY_KEY = web.AppKey("sim_registry", CollectorRegistry)
 
 # Above these sizes, tokenizing and hashing move to a worker thread so the step loop and the
@@ -93,7 +100,7 @@ class SimHandlers:
     def __init__(
         self,
         config: SimConfig,
-        engine: Engine,
+        engine: SimEngine,
         registry: CollectorRegistry,
         *,
         clock: Callable[[], float],
@@ -136,9 +143,10 @@ class SimHandlers:
         return web.Response()
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=render_metrics(self._registry), headers={"Content-Type": METRICS_CONTENT_TYPE}
+        body, headers = metrics_exposition(
+            self._registry, request.headers.get(hdrs.ACCEPT_ENCODING, "")
         )
+        return web.Response(body=body, headers=headers)
 
     async def stats(self, request: web.Request) -> web.Response:
         engine = self._engine
@@ -146,7 +154,8 @@ class SimHandlers:
         return _json_response(
             {
                 "model": self._config.model,
-                "speed": self._config.speed,
+                "engine": self._config.engine,
+                "speed": engine.speed,
                 "time_scale": self._config.time_scale,
                 "num_running": engine.num_running,
                 "num_waiting": engine.num_waiting,
@@ -165,6 +174,14 @@ class SimHandlers:
     async def reset_stats(self, request: web.Request) -> web.Response:
         self._engine.timings.reset()
         return web.Response(status=204)
+
+    async def get_speed(self, request: web.Request) -> web.Response:
+        return _json_response({"speed": self._engine.speed})
+
+    async def set_speed(self, request: web.Request) -> web.Response:
+        """Every modelled time is divided by the new speed from now on, in-flight work too."""
+        self._engine.set_speed(parse_speed_body(await request.read()))
+        return _json_response({"speed": self._engine.speed})
 
     async def _generate(self, request: web.Request, parsed: ParsedRequest) -> web.StreamResponse:
         arrival_s = self._clock()
@@ -298,7 +315,7 @@ def create_sim_app(
     """Build one simulated vLLM server. ``clock`` is a monotonic clock in seconds (default
     ``time.monotonic``); pass a loaded ``tokenizer`` to share one between several sims."""
     clock = clock if clock is not None else time.monotonic
-    engine = Engine(config, clock=clock)
+    engine = create_engine(config, clock=clock)
     registry = create_registry(engine, config.model)
     handlers = SimHandlers(config, engine, registry, clock=clock, tokenizer=tokenizer)
 
@@ -315,6 +332,8 @@ def create_sim_app(
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/sim/stats", handlers.stats)
     app.router.add_post("/sim/stats/reset", handlers.reset_stats)
+    app.router.add_get("/sim/speed", handlers.get_speed)
+    app.router.add_post("/sim/speed", handlers.set_speed)
     return app
 
 
@@ -380,6 +399,22 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     async with running_engine(app[SIM_ENGINE_KEY]):
         yield
+
+
+def parse_speed_body(body: bytes) -> float:
+    """The speed in a ``POST /sim/speed`` body, ``{"speed": <number > 0>}`` (400 otherwise)."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise bad_request('body must be a JSON object like {"speed": 0.5}') from None
+    if not isinstance(payload, dict) or "speed" not in payload:
+        raise bad_request('body must be a JSON object like {"speed": 0.5}', "speed")
+    speed = payload["speed"]
+    if isinstance(speed, bool) or not isinstance(speed, int | float):
+        raise bad_request("'speed' must be a number", "speed")
+    if not (speed > 0 and math.isfinite(speed)):
+        raise bad_request(f"'speed' must be a finite number > 0 (got {speed!r})", "speed")
+    return float(speed)
 
 
 def _usage(sim_request: SimRequest) -> dict[str, Any]:

@@ -1,0 +1,106 @@
+"""No hotspots: requests that all share one long prefix spread over the pool.
+
+Prefix affinity pays when the pod that holds a prefix can serve the request soon; it must never
+pile work onto that pod while the others idle (the failure every cache-aware router has met:
+all traffic to one worker). Here every request shares a 1,536-token prefix and arrives faster
+than one pod can serve it, on both engine models of the simulator; with the presets that use
+prefix affinity, no pod may take the lion's share or let its queue grow with the load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway.keys import gateway_key
+from loadtest.sim.config import SimConfig
+from loadtest.sim.server import SimServer, start_sim_server
+from scheduler.datalayer.store import Health
+from tests.gateway.conftest import MakeGateway, gateway_config
+
+PODS = 4
+WAVES = 6
+PER_WAVE = 8
+PREFIX = list(range(1000, 1000 + 1536))
+
+ENGINES = {
+    # Continuous batching with small batches, so that one pod queues what four could run.
+    "vllm": SimConfig(time_scale=10.0, max_num_seqs=4, seed=1),
+    # llm-d inference simulator behaviour: four slots, FIFO behind them.
+    "slots": SimConfig(engine="slots", time_scale=10.0, max_num_seqs=4, seed=1),
+}
+
+
+@pytest.fixture(params=sorted(ENGINES))
+async def pods(request: pytest.FixtureRequest) -> AsyncIterator[list[SimServer]]:
+    servers = [await start_sim_server(ENGINES[request.param]) for _ in range(PODS)]
+    yield servers
+    for server in servers:
+        await server.close()
+
+
+async def all_up(client: TestClient[web.Request, web.Application]) -> None:
+    gateway = client.app[gateway_key]
+    for _ in range(200):
+        if all(
+            gateway.store.health(e.name, time.monotonic()) is Health.UP
+            for e in gateway.store.endpoints
+        ):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("not every pod was scraped")
+
+
+async def completion(client: TestClient[web.Request, web.Application], i: int) -> str:
+    body = {
+        "model": "sim-llm",
+        "prompt": [*PREFIX, *range(5000 + 64 * i, 5000 + 64 * (i + 1))],
+        "max_tokens": 24,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    resp = await client.post("/v1/completions", data=orjson.dumps(body))
+    await resp.read()
+    assert resp.status == 200
+    return resp.headers["x-slogate-endpoint"]
+
+
+async def waiting(pods: list[SimServer], client: TestClient[web.Request, web.Application]) -> int:
+    """The longest waiting queue over the pods right now."""
+    longest = 0
+    for pod in pods:
+        resp = await client.session.get(f"{pod.url}/sim/stats")
+        longest = max(longest, (await resp.json())["num_waiting"])
+    return longest
+
+
+@pytest.mark.parametrize("preset", ["load-prefix", "predicted-latency"])
+async def test_a_hot_prefix_spreads_over_the_pool(
+    pods: list[SimServer], make_gateway: MakeGateway, preset: str
+) -> None:
+    client = await make_gateway(gateway_config(*(p.url for p in pods), preset=preset))
+    await all_up(client)
+    tasks: list[asyncio.Task[str]] = []
+    queues = []
+    for wave in range(WAVES):
+        for j in range(PER_WAVE):
+            tasks.append(asyncio.create_task(completion(client, wave * PER_WAVE + j)))
+        await asyncio.sleep(0.02)
+        queues.append(await waiting(pods, client))
+    served = Counter(await asyncio.gather(*tasks))
+    total = WAVES * PER_WAVE
+    assert sum(served.values()) == total
+    # Evenly spread would be a quarter each; one pod holding the prefix may take more, but
+    # never the bulk of it.
+    assert max(served.values()) <= 0.45 * total, served
+    assert len(served) == PODS, served
+    # A pod takes four at a time; had everything gone to one pod, its queue would have grown
+    # by PER_WAVE every wave.
+    assert max(queues) <= 2 * PER_WAVE, queues
