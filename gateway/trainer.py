@@ -102,6 +102,8 @@ class PredictorTrainer:
         self._state_dir = Path(cfg.state_dir) if cfg.state_dir else None
         self._rng = rng or random.Random()
         self._on_loop_error = on_loop_error
+        self.in_run = False
+        """A training run is in the worker (its model, if any, is installed when it ends)."""
 
     # -- the loop -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -162,6 +164,7 @@ class PredictorTrainer:
         )
         started = time.monotonic()
         self.stats.runs += 1
+        self.in_run = True
         try:
             outcome: TrainingOutcome = await self.worker.run(
                 job, timeout_s=self.cfg.training_timeout_s
@@ -169,6 +172,8 @@ class PredictorTrainer:
         except TrainingError as exc:
             self._failed(exc)
             return None
+        finally:
+            self.in_run = False
         self.stats.last_duration_s = time.monotonic() - started
         self.stats.last_cpu_s = sum(r.duration_s for r in outcome.reports)
         self.stats.consecutive_failures = 0

@@ -160,7 +160,7 @@ async def test_the_gateway_trains_and_routes_with_predictions(
     # Whether this small sample already beats the heuristic is the training tests' business;
     # here training stops and the gate is opened to see predictions drive routing and metrics.
     gw.predictor.enabled = False
-    await asyncio.sleep(0.2)  # a run in flight may still install its generation
+    await wait_for(lambda: not gw.trainer.in_run)  # a run in flight may still install one
     model = gw.predictor.model
     assert model is not None
     gw.predictor.install(dataclasses.replace(model, beats_heuristic=True))
