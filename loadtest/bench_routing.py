@@ -16,6 +16,17 @@ other presets need no warm-up state.
     .venv/bin/python -m loadtest.bench_routing --trace mooncake --length-scale 0.125
 
 Prints a table with ratios against ``load-prefix`` and writes ``results/bench_routing.json``.
+
+``--matrix`` runs the routing matrix instead (:mod:`loadtest.matrix`): slogate's presets
+against vllm-router's policies, each router in its own process, on every combination of
+engine, fleet, workload and scenario (``--engines``, ``--fleets``, ``--workloads``,
+``--scenarios``, ``--arms`` restrict it); the predictor starts cold there. It prints a table
+per cell with ratios to the best vllm-router policy, then a summary of p90 TTFT ratios, and
+writes ``results/bench_routing_matrix.json``:
+
+    .venv/bin/python -m loadtest.bench_routing --matrix
+    .venv/bin/python -m loadtest.bench_routing --matrix --engines vllm --fleets hetero \
+        --workloads azure-conv --scenarios steady,slowdown --duration-s 40
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +53,18 @@ from loadtest.fleet import (
     sim_fleet,
     start_gateway,
 )
+from loadtest.matrix import (
+    ENGINES,
+    FLEETS,
+    SCENARIOS,
+    WORKLOADS,
+    MatrixSettings,
+    matrix_cells,
+    run_matrix,
+)
+from loadtest.matrix_report import cell_report, print_cell, print_summary, summary_table
 from loadtest.report import write_report
+from loadtest.routers import ARMS, VLLM_ROUTER_INSTALL, arm_named, find_vllm_router
 
 PRESETS = ("predicted-latency", "load-prefix", "least-request", "round-robin")
 BASELINE = "load-prefix"
@@ -163,7 +186,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objective", default="mean", choices=("mean", "quantile"))
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("results/bench_routing.json"))
+    matrix = parser.add_argument_group("the matrix (--matrix)")
+    matrix.add_argument("--matrix", action="store_true", help="run the routing matrix")
+    matrix.add_argument("--engines", default=",".join(ENGINES))
+    matrix.add_argument("--fleets", default=",".join(FLEETS))
+    matrix.add_argument("--workloads", default=",".join(WORKLOADS))
+    matrix.add_argument("--scenarios", default=",".join(SCENARIOS))
+    matrix.add_argument("--arms", default=",".join(a.name for a in ARMS))
+    matrix.add_argument("--duration-s", type=float, default=MatrixSettings().duration_s)
+    matrix.add_argument("--drain-s", type=float, default=MatrixSettings().drain_s)
+    matrix.add_argument(
+        "--recalibrate", action="store_true", help="measure capacities again, not from cache"
+    )
+    matrix.add_argument("--log-dir", type=Path, help="keep each router's log here")
+    matrix.add_argument(
+        "--matrix-out", type=Path, default=Path("results/bench_routing_matrix.json")
+    )
     args = parser.parse_args(argv)
+    if args.matrix:
+        return run_matrix_command(args)
     speeds = tuple(float(s) for s in args.speeds.split(","))
     presets = args.presets.split(",")
     sims = SimSpec(speeds=speeds, seed=args.seed)
@@ -211,6 +252,68 @@ def main(argv: list[str] | None = None) -> int:
         workload=spec.describe(),
         warmup=warmup,
         results=results,
+    )
+    return 0
+
+
+def run_matrix_command(args: argparse.Namespace) -> int:
+    def split(text: str) -> list[str]:
+        return [part for part in text.split(",") if part]
+
+    try:
+        cells = matrix_cells(
+            split(args.engines), split(args.fleets), split(args.workloads), split(args.scenarios)
+        )
+        arms = [arm_named(name) for name in split(args.arms)]
+    except ValueError as exc:
+        print(f"bench_routing: {exc}", file=sys.stderr)
+        return 2
+    settings = MatrixSettings(
+        duration_s=args.duration_s,
+        drain_s=args.drain_s,
+        seed=args.seed,
+        start_row=args.start_row,
+        recalibrate=args.recalibrate,
+    )
+    if any(a.is_peer for a in arms) and find_vllm_router() is None:
+        print(
+            f"vllm-router is not installed; its arms are skipped. To include them: "
+            f"{VLLM_ROUTER_INSTALL}",
+            file=sys.stderr,
+        )
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    started = time.monotonic()
+    loop = new_event_loop()
+    try:
+        runs = loop.run_until_complete(
+            run_matrix(cells, arms, settings, log_dir=args.log_dir, progress=progress)
+        )
+    finally:
+        loop.close()
+    labels = {a.name: a.label for a in arms}
+    reports = [cell_report(run, settings) for run in runs]
+    for report in reports:
+        print_cell(report, labels)
+    table = summary_table(reports)
+    print_summary(table, labels)
+    if any(a.is_peer for a in arms) and find_vllm_router() is None:
+        print(f"\nvllm-router arms skipped: not installed. To include them: {VLLM_ROUTER_INSTALL}")
+    print(
+        f"\n{len(cells)} cells x {len(arms)} arms in {(time.monotonic() - started) / 60:.1f} min; "
+        f"{settings.duration_s:g} s driven per arm (half at each load), drain up to "
+        f"{settings.drain_s:g} s; slowdown at {settings.slowdown_s:g} s"
+    )
+    write_report(
+        args.matrix_out,
+        "bench_routing_matrix",
+        args=vars(args) | {"out": str(args.out), "matrix_out": str(args.matrix_out)},
+        settings=asdict(settings),
+        arms={a.name: {"kind": a.kind, "setting": a.setting, "label": a.label} for a in arms},
+        summary=table,
+        cells=reports,
     )
     return 0
 

@@ -291,26 +291,40 @@ class ClientRecord:
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None
+    cut: bool = False
+    """Still running at the driver's drain deadline and cancelled: ``e2e_s`` (and ``ttft_s``
+    when no token had come) are lower bounds; ``error`` says so."""
+
+
+CUT_ERROR = "cut: unfinished at the drain deadline"
 
 
 async def _send(
-    session: aiohttp.ClientSession, url: str, arrival: Arrival, body: bytes
+    session: aiohttp.ClientSession,
+    url: str,
+    arrival: Arrival,
+    body: bytes,
+    deadline: float | None = None,
 ) -> ClientRecord:
     scanner = SseScanner(expect_usage=True)
     sent = time.monotonic()
-    status, endpoint, error = 0, "", None
+    status, endpoint, error, cut = 0, "", None, False
     try:
-        async with session.post(
-            url, data=body, headers={"content-type": "application/json"}
-        ) as resp:
-            status = resp.status
-            endpoint = resp.headers.get("x-slogate-endpoint", "")
-            async for chunk in resp.content.iter_any():
-                scanner.feed(chunk, time.monotonic())
-            if status >= 400:
-                error = f"HTTP {status}"
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        async with asyncio.timeout(None if deadline is None else deadline - sent):
+            try:
+                async with session.post(
+                    url, data=body, headers={"content-type": "application/json"}
+                ) as resp:
+                    status = resp.status
+                    endpoint = resp.headers.get("x-slogate-endpoint", "")
+                    async for chunk in resp.content.iter_any():
+                        scanner.feed(chunk, time.monotonic())
+                    if status >= 400:
+                        error = f"HTTP {status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+    except TimeoutError:  # the drain deadline, not the session's own read timeout
+        error, cut = CUT_ERROR, True
     ended = time.monotonic()
     first, tokens = scanner.first_token_at, scanner.completion_tokens
     return ClientRecord(
@@ -325,14 +339,20 @@ async def _send(
         prompt_tokens=arrival.prompt_tokens,
         completion_tokens=tokens,
         error=error,
+        cut=cut,
     )
 
 
-async def drive(url: str, spec: WorkloadSpec, start_at: float) -> list[ClientRecord]:
-    """Send every arrival at ``start_at + at_s`` (monotonic) and wait for all of them."""
+async def drive(
+    url: str, spec: WorkloadSpec, start_at: float, drain_s: float | None = None
+) -> list[ClientRecord]:
+    """Send every arrival at ``start_at + at_s`` (monotonic) and wait for all of them, or,
+    with ``drain_s``, until ``drain_s`` after the workload's end, cancelling what still runs
+    then (recorded with ``cut``)."""
     arrivals = spec.arrivals()
     prompts = PromptMaker(spec)
     bodies = [orjson.dumps(request_body(a, prompts.ids(a))) for a in arrivals]
+    deadline = None if drain_s is None else start_at + spec.duration_s + drain_s
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=300)
     tasks: list[asyncio.Task[ClientRecord]] = []
@@ -341,14 +361,17 @@ async def drive(url: str, spec: WorkloadSpec, start_at: float) -> list[ClientRec
             delay = start_at + arrival.at_s - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_send(session, url, arrival, body)))
+            tasks.append(asyncio.create_task(_send(session, url, arrival, body, deadline)))
         return list(await asyncio.gather(*tasks))
 
 
-async def run_driver(url: str, spec: WorkloadSpec, *, start_at: float) -> list[ClientRecord]:
+async def run_driver(
+    url: str, spec: WorkloadSpec, *, start_at: float, drain_s: float | None = None
+) -> list[ClientRecord]:
     """Run the driver subprocess against ``url`` and return its records."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "records.json"
+        drain = [] if drain_s is None else ["--drain-s", repr(drain_s)]
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -362,6 +385,7 @@ async def run_driver(url: str, spec: WorkloadSpec, *, start_at: float) -> list[C
             repr(start_at),
             "--out",
             str(out),
+            *drain,
         )
         if await proc.wait() != 0:
             raise RuntimeError(f"the driver exited with {proc.returncode}")
@@ -376,13 +400,42 @@ class SimSpec:
     kv_blocks: int = 4096
     time_scale: float = 1.0
     seed: int = 0
+    engine: str = "vllm"
+    """The sim's engine model (``SimConfig.engine``): ``vllm`` or ``slots``."""
+    engine_params: tuple[tuple[str, float], ...] = ()
+    """Further ``SimConfig`` fields by name, e.g. ``(("itl_ms", 20.0),)`` for ``slots``."""
 
     def describe(self) -> str:
+        params = "".join(f", {name} {value:g}" for name, value in self.engine_params)
         return (
             f"{len(self.speeds)} sims, speeds {', '.join(f'{s:g}' for s in self.speeds)}; "
+            f"engine {self.engine}{params}; "
             f"max_num_seqs {self.max_num_seqs}, kv_blocks {self.kv_blocks}, "
             f"time_scale {self.time_scale:g}"
         )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SimSpec:
+        obj = json.loads(text)
+        obj["speeds"] = tuple(obj["speeds"])
+        obj["engine_params"] = tuple((str(k), float(v)) for k, v in obj["engine_params"])
+        return cls(**obj)
+
+    def sim_config_fields(self) -> dict[str, Any]:
+        """The ``SimConfig`` fields beyond the basic ones; raises ``ValueError`` when this
+        checkout's simulator lacks one (the ``engine`` option is newer than the sim)."""
+        from loadtest.sim.config import SimConfig
+
+        wanted: dict[str, Any] = dict(self.engine_params)
+        if self.engine != "vllm" or "engine" in SimConfig.__dataclass_fields__:
+            wanted["engine"] = self.engine
+        missing = sorted(set(wanted) - set(SimConfig.__dataclass_fields__))
+        if missing:
+            raise ValueError(f"this simulator's SimConfig has no {', '.join(missing)}")
+        return wanted
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,7 +454,7 @@ async def sim_fleet(spec: SimSpec) -> AsyncIterator[list[Pod]]:
         "loadtest.fleet",
         "sims",
         "--spec",
-        json.dumps(asdict(spec)),
+        spec.to_json(),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -431,6 +484,7 @@ async def _serve_sims(spec: SimSpec) -> None:
     from loadtest.sim.server import start_sim_server
 
     tokenizer = load_tokenizer()
+    extra = spec.sim_config_fields()
     servers = [
         await start_sim_server(
             SimConfig(
@@ -439,6 +493,7 @@ async def _serve_sims(spec: SimSpec) -> None:
                 max_num_seqs=spec.max_num_seqs,
                 kv_blocks=spec.kv_blocks,
                 seed=spec.seed + i,
+                **extra,
             ),
             tokenizer=tokenizer,
         )
@@ -609,17 +664,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     drv.add_argument("--spec", required=True, help="WorkloadSpec as JSON")
     drv.add_argument("--start-at", type=float, required=True, help="time.monotonic() of t=0")
     drv.add_argument("--out", type=Path, required=True)
+    drv.add_argument("--drain-s", type=float, help="cancel what still runs this long after")
     args = parser.parse_args(argv)
     loop = new_event_loop()
     try:
         if args.command == "sims":
-            obj = json.loads(args.spec)
-            obj["speeds"] = tuple(obj["speeds"])
-            loop.run_until_complete(_serve_sims(SimSpec(**obj)))
+            loop.run_until_complete(_serve_sims(SimSpec.from_json(args.spec)))
         else:
             spec = WorkloadSpec.from_json(args.spec)
             url = f"{args.url}/v1/completions"
-            records = loop.run_until_complete(drive(url, spec, args.start_at))
+            records = loop.run_until_complete(drive(url, spec, args.start_at, args.drain_s))
             args.out.write_text(json.dumps([asdict(r) for r in records]))
     finally:
         loop.close()
