@@ -14,8 +14,10 @@ gets the same treatment, one arm after the other:
 
 Load: two phases of equal length at ``utilisation`` (0.7, then 0.9) of the fleet's capacity,
 the measured capacity of one speed-1 pod for this (engine, workload) (:mod:`loadtest.capacity`)
-times the sum of the fleet's speeds. In the slowdown scenario that is the capacity before
-the slowdown; after it the fleet has less, and :func:`describe_load` says how much.
+times the sum of the fleet's speeds. In the slowdown scenario it is the capacity the fleet has
+*after* the slowdown (a fleet driven at 90 % that loses a quarter of its capacity is overloaded,
+and every router drowns alike); before the slowdown the load is lighter, and
+:func:`describe_load` says how much.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from loadtest.simctl import (
 class EngineSetup:
     max_num_seqs: int
     kv_blocks: int = 4096
+    params: tuple[tuple[str, float], ...] = ()
+    """Engine-specific ``SimConfig`` fields."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +66,9 @@ class WorkloadSetup:
 ENGINES: dict[str, EngineSetup] = {
     # vLLM's own default batch limit; 4,096 blocks of 16 tokens = 65k tokens of KV cache.
     "vllm": EngineSetup(max_num_seqs=256),
-    # The llm-d simulator's slots, as few as in the user's report.
-    "slots": EngineSetup(max_num_seqs=8),
+    # The llm-d simulator's slots, as few as in the user's report; inter-token and prefill
+    # times 3x at a full batch (the middle of the llm-d simulator's suggested 2.5-3.5).
+    "slots": EngineSetup(max_num_seqs=8, params=(("time_factor_under_load", 3.0),)),
 }
 FLEETS: dict[str, tuple[float, ...]] = {
     "homo": (1.0, 1.0, 1.0, 1.0),
@@ -150,12 +155,15 @@ def sim_spec(cell: Cell, settings: MatrixSettings) -> SimSpec:
         time_scale=settings.time_scale,
         seed=settings.seed,
         engine=cell.engine,
+        engine_params=engine.params,
     )
 
 
 def workload_spec(cell: Cell, settings: MatrixSettings, fleet_capacity_rps: float) -> WorkloadSpec:
     setup = WORKLOADS[cell.workload]
     half = settings.duration_s / 2
+    if cell.scenario == "slowdown":
+        fleet_capacity_rps *= capacity_left(cell, settings)
     return WorkloadSpec(
         trace=setup.trace,
         seed=settings.seed,
@@ -173,23 +181,29 @@ def slowed_pod(pods: Sequence[Pod]) -> Pod:
     return max(pods, key=lambda p: p.speed)
 
 
-def describe_load(cell: Cell, settings: MatrixSettings, cap: Capacity) -> str:
+def capacity_left(cell: Cell, settings: MatrixSettings) -> float:
+    """The share of the fleet's capacity left once the fastest pod is slowed."""
     speeds = FLEETS[cell.fleet]
-    total = sum(speeds)
+    fastest = max(speeds)
+    return (sum(speeds) - fastest + fastest / settings.slowdown_factor) / sum(speeds)
+
+
+def describe_load(cell: Cell, settings: MatrixSettings, cap: Capacity) -> str:
+    total = sum(FLEETS[cell.fleet])
     text = (
         f"capacity {cap.rps_per_speed:.2f} req/s per unit of speed (measured, one saturated "
         f"speed-1 pod) x {total:g} = {cap.rps_per_speed * total:.2f} req/s; load "
-        + " then ".join(f"{u:.0%}" for u in settings.utilisation)
     )
-    if cell.scenario == "slowdown":
-        fastest = max(speeds)
-        after = total - fastest + fastest / settings.slowdown_factor
-        text += (
-            f"; from {settings.slowdown_s:g} s the fastest pod at 1/{settings.slowdown_factor:g}"
-            f" speed: fleet capacity x{after / total:.2f}, load "
-            + " then ".join(f"{u * total / after:.0%}" for u in settings.utilisation)
-        )
-    return text
+    if cell.scenario != "slowdown":
+        return text + " then ".join(f"{u:.0%}" for u in settings.utilisation)
+    left = capacity_left(cell, settings)
+    return text + (
+        " then ".join(f"{u * left:.0%}" for u in settings.utilisation)
+        + f"; from {settings.slowdown_s:g} s the fastest pod at 1/{settings.slowdown_factor:g}"
+        f" speed: fleet capacity x{left:.2f}, so the load is "
+        + " then ".join(f"{u:.0%}" for u in settings.utilisation)
+        + " of what is left"
+    )
 
 
 @dataclass(slots=True)

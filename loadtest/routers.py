@@ -77,11 +77,17 @@ ARMS = SLOGATE_ARMS + PEER_ARMS
 
 
 def arm_named(name: str) -> Arm:
-    """An arm by its full name, or a vllm-router policy by the policy alone."""
+    """An arm by its full name, or a vllm-router policy by the policy alone; ``slogate:PRESET``
+    is slogate with any preset of ``config/presets``."""
     for arm in ARMS:
         if name in (arm.name, arm.label) or (arm.is_peer and name == arm.setting):
             return arm
-    raise ValueError(f"unknown arm {name!r}; choose from {', '.join(a.name for a in ARMS)}")
+    kind, _, setting = name.partition(":")
+    if kind == SLOGATE and setting:
+        return Arm(name, SLOGATE, setting, f"sg:{Path(setting).stem[:12]}")
+    raise ValueError(
+        f"unknown arm {name!r}; choose from {', '.join(a.name for a in ARMS)} or slogate:PRESET"
+    )
 
 
 def find_vllm_router() -> Path | None:

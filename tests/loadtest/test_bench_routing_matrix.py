@@ -17,6 +17,7 @@ from loadtest.matrix import (
     describe_load,
     matrix_cells,
     slowed_pod,
+    workload_spec,
 )
 from loadtest.matrix_report import (
     adapt_from_events,
@@ -232,8 +233,13 @@ def test_slowdown_load_is_stated_against_the_capacity_left() -> None:
     # speeds 2, 2, 1, 0.5 (5.5) -> 0.5, 2, 1, 0.5 (4.0) after the slowdown
     assert "x 5.5 = 11.00 req/s" in text
     assert "fleet capacity x0.73" in text
-    assert "load 96% then 124%" in text
+    # 70 % and 90 % of what is left after the slowdown: 51 % and 65 % before it.
+    assert "load 51% then 65%" in text
+    assert "so the load is 70% then 90% of what is left" in text
     assert slowed_pod(PODS).name == "pod0-x2"
+    cell = Cell("vllm", "hetero", "azure-conv", "slowdown")
+    rates = [p.rate_rps for p in workload_spec(cell, MatrixSettings(), 11.0).phases]
+    assert rates == pytest.approx([0.7 * 8.0, 0.9 * 8.0], abs=0.01)
 
 
 def test_sim_specs_round_trip_with_engine_params() -> None:
