@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -89,11 +90,45 @@ def test_fallback_composite_without_any_prediction() -> None:
     assert score(prefix_only, cs) == [1.0, 0.0, 0.0]
 
 
+def test_relative_scoring_is_a_softmax_over_relative_slowness() -> None:
+    relative = LatencyScorer("l", normalization="relative", temperature=0.25)
+    cs = [predicted(make_candidate(n), t, 0.02) for n, t in (("a", 0.1), ("b", 0.11), ("c", 0.2))]
+    # exp(-(t / 0.1 - 1) / 0.25): 10 % slower keeps 2/3 of the weight, twice as slow 2 %.
+    assert score(relative, cs) == [1.0, round(math.exp(-0.4), 4), round(math.exp(-4.0), 4)]
+    # Min-max stretches any spread to [0, 1]: the near-equal "b" would score as little as "c".
+    spread = [predicted(make_candidate(n), t, 0.02) for n, t in (("a", 0.1), ("b", 0.101))]
+    assert score(LatencyScorer("l"), spread) == [1.01, 0.01]
+    assert score(relative, spread)[1] > 0.95
+
+
+def test_relative_scoring_blends_and_knows_what_is_missing() -> None:
+    relative = LatencyScorer("l", normalization="relative", temperature=1.0)
+    cs = [
+        predicted(make_candidate("fast-start"), 0.1, 0.04),
+        predicted(make_candidate("fast-decode"), 0.2, 0.02),
+        make_candidate("unknown"),
+    ]
+    # fast-start: 0.8 * 0 + 0.2 * 1 = 0.2; fast-decode: 0.8 * 1 + 0.2 * 0 = 0.8
+    assert score(relative, cs) == [round(math.exp(-0.2), 4), round(math.exp(-0.8), 4), 0.0]
+    # Non-streamed: by end-to-end latency.
+    e2e = [
+        predicted(make_candidate("a"), 0.1, e2e=2.0),
+        predicted(make_candidate("b"), 0.1, e2e=1.0),
+    ]
+    assert score(relative, e2e, stream=False) == [round(math.exp(-1.0), 4), 1.0]
+
+
 def test_scorer_parameters() -> None:
     scorer = LatencyScorer.create("l", Params({"ttftWeight": 1, "tpotWeight": 3}), make_handle())
     assert (scorer.ttft_weight, scorer.tpot_weight) == (0.25, 0.75)
     with pytest.raises(Exception, match="ttftWeight"):
         LatencyScorer.create("l", Params({"ttftWeight": -1}), make_handle())
+    assert (scorer.normalization, scorer.temperature) == ("minmax", 0.25)
+    params = Params({"normalization": "relative", "temperature": 0.5})
+    relative = LatencyScorer.create("l", params, make_handle())
+    assert (relative.normalization, relative.temperature) == ("relative", 0.5)
+    with pytest.raises(Exception, match="normalization"):
+        LatencyScorer.create("l", Params({"normalization": "softmax"}), make_handle())
 
 
 def affinity(**kw: object) -> PrefixCacheAffinityFilter:

@@ -64,6 +64,7 @@ def test_load_prefix_wiring_matches_llm_d() -> None:
         "queue-scorer": 2.0,
         "kv-cache-utilization-scorer": 2.0,
         "prefix-cache-scorer": 3.0,
+        "inflight-load-scorer": 2.0,  # slogate's addition: the gateway's exact in-flight load
     }
     assert scheduler.profile.picker.TYPE == "max-score-picker"
 

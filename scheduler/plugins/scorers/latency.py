@@ -24,7 +24,18 @@ Parameters:
 ``compositeKVWeight``    1.0     fallback weight of free KV cache
 ``compositeQueueWeight`` 1.0     fallback weight of relative queue length
 ``compositePrefixWeight`` 1.0    fallback weight of the prefix-cache match
+``normalization``        minmax  ``minmax`` (llm-d) or ``relative`` (below)
+``temperature``          0.25    for ``relative``: the relative slowness that costs a
+                                 candidate ``1/e`` of its weight
 ======================== ======= =================================================
+
+``normalization: relative`` scores ``exp(-cost / temperature)`` with ``cost`` how much slower
+than the fastest candidate each one is predicted (``latency / fastest - 1``, TTFT and TPOT
+blended by the same weights). Min-max normalization stretches whatever spread there is to
+[0, 1]: with a weighted-random picker the best of four candidates is picked about half the time
+whether the others are 5 % or 5x slower. Relative scoring keeps near-equal candidates
+near-equal (the work is spread, no herd) and gives a candidate predicted twice as slow almost
+nothing.
 
 Extension point: scorer.
 """
@@ -41,6 +52,9 @@ from scheduler.framework.plugins import PluginHandle
 from scheduler.framework.types import Candidate, CycleState, InferenceRequest
 
 _RANGE_EPSILON = 1e-12
+_MAX_RELATIVE = 1e6
+"""Relative cost of a candidate without a prediction: it scores 0."""
+NORMALIZATIONS = ("minmax", "relative")
 
 
 class LatencyScorer:
@@ -55,8 +69,16 @@ class LatencyScorer:
         kv_weight: float = 1.0,
         queue_weight: float = 1.0,
         prefix_weight: float = 1.0,
+        normalization: str = "minmax",
+        temperature: float = 0.25,
     ) -> None:
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
+            )
         self.name = name
+        self.normalization = normalization
+        self.temperature = temperature
         total = ttft_weight + tpot_weight
         self.ttft_weight, self.tpot_weight = (
             (ttft_weight / total, tpot_weight / total) if total > 0 else (1.0, 0.0)
@@ -77,6 +99,8 @@ class LatencyScorer:
             kv_weight=params.float("compositeKVWeight", 1.0, ge=0.0),
             queue_weight=params.float("compositeQueueWeight", 1.0, ge=0.0),
             prefix_weight=params.float("compositePrefixWeight", 1.0, ge=0.0),
+            normalization=params.str("normalization", "minmax", choices=NORMALIZATIONS),
+            temperature=params.float("temperature", 0.25, gt=0.0),
         )
 
     def score(
@@ -85,6 +109,8 @@ class LatencyScorer:
         predictions = [c.attributes.get(PREDICTION) for c in candidates]
         if all(p is None for p in predictions):
             return self.composite(candidates)
+        if self.normalization == "relative":
+            return self._relative(request, predictions)
         costs = self._costs(request, predictions)
         # llm-d's int((1 - cost) * 100) + 1, guarded against 49.999... flooring to 49.
         return [(math.floor((1.0 - c) * 100 + 1e-9) + 1) / 100 for c in costs]
@@ -109,6 +135,36 @@ class LatencyScorer:
             ]
         e2e = _normalized([_e2e(p, request) for p in predictions])
         return e2e if e2e is not None else [0.5] * len(predictions)
+
+    def _relative(
+        self, request: InferenceRequest, predictions: Sequence[Prediction | None]
+    ) -> list[float]:
+        """``exp(-cost / temperature)``, the cost being how much slower than the fastest
+        candidate each one is predicted, ``latency / fastest - 1``, blended over TTFT and TPOT
+        for streams (end to end otherwise): a softmax over relative latency. A candidate 10 %
+        slower than the best keeps two thirds of its weight at temperature 0.25, one twice as
+        slow 2 %; candidates predicted alike share the work at random, so no herd forms."""
+        if request.stream:
+            ttft = _relative([None if p is None else p.ttft_s for p in predictions])
+            tpot = _relative([None if p is None else p.tpot_s for p in predictions])
+            a, b = self.ttft_weight, self.tpot_weight
+            if ttft is None and tpot is None:
+                return [1.0] * len(predictions)
+            if ttft is None:
+                a, b = 0.0, 1.0
+            elif tpot is None:
+                a, b = 1.0, 0.0
+            costs = [
+                a * (ttft[i] if ttft else 0.0) + b * (tpot[i] if tpot else 0.0)
+                for i in range(len(predictions))
+            ]
+        else:
+            e2e = _relative([_e2e(p, request) for p in predictions])
+            if e2e is None:
+                return [1.0] * len(predictions)
+            costs = e2e
+        scale = -1.0 / self.temperature
+        return [math.exp(c * scale) if c < _MAX_RELATIVE else 0.0 for c in costs]
 
     def composite(self, candidates: Sequence[Candidate]) -> list[float]:
         max_q = max((c.metrics.waiting for c in candidates if c.metrics is not None), default=0)
@@ -141,6 +197,20 @@ def _e2e(prediction: Prediction | None, request: InferenceRequest) -> float | No
         return None
     tokens = request.max_tokens or 16
     return prediction.ttft_s + (prediction.tpot_s or 0.0) * max(tokens - 1, 0)
+
+
+def _relative(values: Sequence[float | None]) -> list[float] | None:
+    """``v / min - 1`` per value (missing: ``_MAX_RELATIVE``); ``None`` when nothing is
+    known or every value is equal (this dimension cannot separate candidates, and the other
+    one gets its weight, as with min-max)."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return None
+    low, high = min(known), max(known)
+    if high - low <= _RANGE_EPSILON and len(known) == len(values):
+        return None
+    low = max(low, _RANGE_EPSILON)
+    return [_MAX_RELATIVE if v is None else v / low - 1.0 for v in values]
 
 
 def _normalized(values: Sequence[float | None]) -> list[float] | None:
