@@ -43,7 +43,7 @@ Extension point: scorer.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Self
 
 from scheduler.framework.attributes import PREDICTION, PREFIX_MATCH, Prediction
@@ -109,62 +109,42 @@ class LatencyScorer:
         predictions = [c.attributes.get(PREDICTION) for c in candidates]
         if all(p is None for p in predictions):
             return self.composite(candidates)
+        n = len(predictions)
         if self.normalization == "relative":
-            return self._relative(request, predictions)
-        costs = self._costs(request, predictions)
+            # exp(-cost / temperature), the cost being how much slower than the fastest
+            # candidate each one is predicted (latency / fastest - 1): a softmax over relative
+            # latency. 10 % slower than the best keeps two thirds of the weight at temperature
+            # 0.25, twice as slow 2 %; candidates predicted alike share the work at random.
+            relative = self._costs(request, predictions, _relative)
+            if relative is None:
+                return [1.0] * n
+            scale = -1.0 / self.temperature
+            return [math.exp(c * scale) if c < _MAX_RELATIVE else 0.0 for c in relative]
+        costs = self._costs(request, predictions, _normalized) or [0.5] * n
         # llm-d's int((1 - cost) * 100) + 1, guarded against 49.999... flooring to 49.
         return [(math.floor((1.0 - c) * 100 + 1e-9) + 1) / 100 for c in costs]
 
     def _costs(
-        self, request: InferenceRequest, predictions: Sequence[Prediction | None]
-    ) -> list[float]:
-        """Normalized cost per candidate in [0, 1]; a candidate without a prediction costs 1."""
-        if request.stream:
-            ttft = _normalized([None if p is None else p.ttft_s for p in predictions])
-            tpot = _normalized([None if p is None else p.tpot_s for p in predictions])
-            a, b = self.ttft_weight, self.tpot_weight
-            if ttft is None and tpot is None:
-                return [0.5] * len(predictions)
-            if ttft is None:
-                a, b = 0.0, 1.0
-            elif tpot is None:
-                a, b = 1.0, 0.0
-            return [
-                a * (ttft[i] if ttft else 0.0) + b * (tpot[i] if tpot else 0.0)
-                for i in range(len(predictions))
-            ]
-        e2e = _normalized([_e2e(p, request) for p in predictions])
-        return e2e if e2e is not None else [0.5] * len(predictions)
-
-    def _relative(
-        self, request: InferenceRequest, predictions: Sequence[Prediction | None]
-    ) -> list[float]:
-        """``exp(-cost / temperature)``, the cost being how much slower than the fastest
-        candidate each one is predicted, ``latency / fastest - 1``, blended over TTFT and TPOT
-        for streams (end to end otherwise): a softmax over relative latency. A candidate 10 %
-        slower than the best keeps two thirds of its weight at temperature 0.25, one twice as
-        slow 2 %; candidates predicted alike share the work at random, so no herd forms."""
-        if request.stream:
-            ttft = _relative([None if p is None else p.ttft_s for p in predictions])
-            tpot = _relative([None if p is None else p.tpot_s for p in predictions])
-            a, b = self.ttft_weight, self.tpot_weight
-            if ttft is None and tpot is None:
-                return [1.0] * len(predictions)
-            if ttft is None:
-                a, b = 0.0, 1.0
-            elif tpot is None:
-                a, b = 1.0, 0.0
-            costs = [
-                a * (ttft[i] if ttft else 0.0) + b * (tpot[i] if tpot else 0.0)
-                for i in range(len(predictions))
-            ]
-        else:
-            e2e = _relative([_e2e(p, request) for p in predictions])
-            if e2e is None:
-                return [1.0] * len(predictions)
-            costs = e2e
-        scale = -1.0 / self.temperature
-        return [math.exp(c * scale) if c < _MAX_RELATIVE else 0.0 for c in costs]
+        self,
+        request: InferenceRequest,
+        predictions: Sequence[Prediction | None],
+        normalize: Callable[[Sequence[float | None]], list[float] | None],
+    ) -> list[float] | None:
+        """Cost per candidate, each latency dimension normalized by ``normalize`` (which
+        gives a candidate without a prediction the highest cost): TTFT and TPOT blended by
+        their weights for a streamed request (a dimension that cannot separate the candidates
+        gives its weight to the other), end to end otherwise. ``None`` when nothing separates
+        the candidates."""
+        if not request.stream:
+            return normalize([_e2e(p, request) for p in predictions])
+        ttft = normalize([None if p is None else p.ttft_s for p in predictions])
+        tpot = normalize([None if p is None else p.tpot_s for p in predictions])
+        if ttft is None:
+            return tpot
+        if tpot is None:
+            return ttft
+        a, b = self.ttft_weight, self.tpot_weight
+        return [a * t + b * u for t, u in zip(ttft, tpot, strict=True)]
 
     def composite(self, candidates: Sequence[Candidate]) -> list[float]:
         max_q = max((c.metrics.waiting for c in candidates if c.metrics is not None), default=0)
