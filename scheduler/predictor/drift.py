@@ -23,24 +23,28 @@ import math
 import statistics
 
 MAX_LOG_DRIFT = math.log(64.0)
-"""No sample moves an estimate by more than a factor of 64 (a stalled pod's timeout, a clock
-jump): what is learned stays finite."""
+"""By default no sample counts for more than a factor of 64 either way (a stalled pod's
+timeout, a clock jump): a drift learned stays finite."""
 
 
 class LiveDrift:
-    __slots__ = ("_median", "_values", "max_endpoints", "weight")
+    __slots__ = ("_median", "_values", "bound", "max_endpoints", "weight")
 
-    def __init__(self, *, weight: float = 0.25, max_endpoints: int = 4096) -> None:
+    def __init__(
+        self, *, weight: float = 0.25, max_endpoints: int = 4096, bound: float = MAX_LOG_DRIFT
+    ) -> None:
         if not 0.0 < weight <= 1.0:
             raise ValueError(f"weight must be in (0, 1], got {weight}")
         self.weight = weight
+        self.bound = bound
+        """Samples are clamped to ``[-bound, bound]``."""
         self.max_endpoints = max_endpoints
         self._values: dict[str, float] = {}
         self._median: float | None = None
 
     def observe(self, endpoint: str, log_ratio: float) -> None:
         """One request's ``log(actual / expected)`` on ``endpoint``."""
-        x = min(max(log_ratio, -MAX_LOG_DRIFT), MAX_LOG_DRIFT)
+        x = min(max(log_ratio, -self.bound), self.bound)
         values = self._values
         current = values.pop(endpoint, None)  # re-inserted last: the dict is in recency order
         if current is None:

@@ -67,6 +67,9 @@ DRIFT_DEAD_BAND = 0.15
 """Live drift of an endpoint from the model (log) that is left alone as the model's ordinary
 error: only what exceeds it (about 16 %) adjusts that endpoint's predictions."""
 
+MAX_LOG_UNIT = math.log(1e6)
+"""Seconds per unit of cold-start work stay within a microsecond and a million seconds."""
+
 TYPICAL_PROMPT_WEIGHT = 0.02
 """Weight of each dispatched request's prompt length in the running mean the cold-start
 estimate measures prompt work in."""
@@ -172,8 +175,9 @@ class LatencyPredictor:
         self._scored = dict.fromkeys(CALIBRATED, 0)
         self.drift = {t: LiveDrift() for t in TARGETS}
         """Per target, each endpoint's live drift from the model's predictions (``drift.py``)."""
-        self.units = LiveDrift()
-        """Each endpoint's log seconds per unit of cold-start work (``estimate.py``)."""
+        self.units = LiveDrift(bound=MAX_LOG_UNIT)
+        """Each endpoint's log seconds per unit of cold-start work (``estimate.py``): an
+        absolute value (a millisecond per unit is -6.9), so bounded far wider than a drift."""
         self.typical_prompt = 0.0
         """Running mean prompt length of dispatched requests (0 before the first)."""
 

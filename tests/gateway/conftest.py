@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -21,7 +22,9 @@ from config import (
 )
 from gateway.app import create_app
 from gateway.deps import Dependencies
+from gateway.keys import gateway_key
 from loadtest.instant_backend import create_instant_app
+from scheduler.datalayer.store import Health
 from scheduler.framework.plugins import RequestRecord
 from scheduler.framework.types import InferenceRequest
 
@@ -102,3 +105,16 @@ async def wait_for_status(
 
 def server_url(server: TestServer) -> str:
     return str(server.make_url("")).rstrip("/")
+
+
+async def wait_all_up(client: TestClient[web.Request, web.Application]) -> None:
+    """Until the gateway has scraped every endpoint of its pool (load metrics known)."""
+    gateway = client.app[gateway_key]
+    for _ in range(200):
+        if all(
+            gateway.store.health(e.name, time.monotonic()) is Health.UP
+            for e in gateway.store.endpoints
+        ):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("not every endpoint was scraped")

@@ -10,7 +10,6 @@ prefix affinity, no pod may take the lion's share or let its queue grow with the
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -19,11 +18,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.keys import gateway_key
 from loadtest.sim.config import SimConfig
 from loadtest.sim.server import SimServer, start_sim_server
-from scheduler.datalayer.store import Health
-from tests.gateway.conftest import MakeGateway, gateway_config
+from tests.gateway.conftest import MakeGateway, gateway_config, wait_all_up
 
 PODS = 4
 WAVES = 6
@@ -44,18 +41,6 @@ async def pods(request: pytest.FixtureRequest) -> AsyncIterator[list[SimServer]]
     yield servers
     for server in servers:
         await server.close()
-
-
-async def all_up(client: TestClient[web.Request, web.Application]) -> None:
-    gateway = client.app[gateway_key]
-    for _ in range(200):
-        if all(
-            gateway.store.health(e.name, time.monotonic()) is Health.UP
-            for e in gateway.store.endpoints
-        ):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("not every pod was scraped")
 
 
 async def completion(client: TestClient[web.Request, web.Application], i: int) -> str:
@@ -86,7 +71,7 @@ async def test_a_hot_prefix_spreads_over_the_pool(
     pods: list[SimServer], make_gateway: MakeGateway, preset: str
 ) -> None:
     client = await make_gateway(gateway_config(*(p.url for p in pods), preset=preset))
-    await all_up(client)
+    await wait_all_up(client)
     tasks: list[asyncio.Task[str]] = []
     queues = []
     for wave in range(WAVES):
