@@ -148,6 +148,24 @@ def test_affinity_keeps_only_warm_endpoints() -> None:
 
 
 @pytest.mark.parametrize(
+    ("warm_load", "cold_load", "expected"),
+    [(4, 0, ["warm"]), (5, 0, ["warm", "cold"]), (14, 9, ["warm"]), (16, 9, ["warm", "cold"])],
+)
+def test_affinity_yields_to_in_flight_imbalance(
+    warm_load: int, cold_load: int, expected: list[str]
+) -> None:
+    """Before any TTFT is compared (none is known here): a warm pod carrying more than 4
+    requests and 1.5x (+1) the least loaded cold pod's loses its affinity."""
+    cs = [
+        matched(make_candidate("warm", inflight_requests=warm_load), 0.9),
+        make_candidate("cold", inflight_requests=cold_load),
+    ]
+    assert names(affinity().filter(CycleState(), make_request(), cs)) == expected
+    never = affinity(max_imbalance_requests=0)
+    assert names(never.filter(CycleState(), make_request(), cs)) == ["warm"]
+
+
+@pytest.mark.parametrize(
     ("fractions", "expected"),
     [((0.5, 0.0), ["a", "b"]), ((0.9, 0.85), ["a", "b"]), ((0.9, 0.1), ["a"])],
     ids=["none-warm", "all-warm", "one-warm"],

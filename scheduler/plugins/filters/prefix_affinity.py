@@ -12,6 +12,12 @@ than that many times the best other one. An absolute penalty of seconds suits on
 a heterogeneous pool a warm but slow endpoint can be several times slower than a cold fast one
 while staying milliseconds apart, and would otherwise keep its conversations forever.
 
+It also yields to load before any TTFT is compared, on the gateway's own in-flight counts (exact
+and instant, where predictions may lag a burst of arrivals decided in one go): when the least
+loaded sticky endpoint carries more than ``maxImbalanceRequests`` requests and more than
+``maxImbalanceRatio`` x (least + 1) of the least loaded other one, affinity is not worth it
+(the imbalance guard of ``prefix-cache-scorer`` and of the cache-aware routers).
+
 TTFT per endpoint comes from ``ttftSource``: ``latencyPredictor`` (the ``PREDICTION``
 attribute; an endpoint without one counts as infinitely slow) or ``prefillThroughput``
 (in-flight prefill tokens / ``peakPrefillThroughput`` tokens per second).
@@ -27,6 +33,9 @@ Parameters:
 ``maxTTFTPenaltyRatio``    0                  largest TTFT ratio accepted for affinity; 0 = any
 ``ttftSource``             latencyPredictor   ``latencyPredictor`` or ``prefillThroughput``
 ``peakPrefillThroughput``  15928              tokens/s, for ``prefillThroughput``
+``maxImbalanceRequests``   4                  in-flight surplus of the sticky endpoints over
+                                              the others above which affinity yields; 0 = never
+``maxImbalanceRatio``      1.5                ... and in-flight ratio (to least + 1)
 ========================== ================== ============================================
 
 Extension point: filter.
@@ -61,6 +70,8 @@ class PrefixCacheAffinityFilter:
         max_penalty_ratio: float = 0.0,
         ttft_source: str = "latencyPredictor",
         peak_prefill_tps: float = 15928.0,
+        max_imbalance_requests: int = 4,
+        max_imbalance_ratio: float = 1.5,
     ) -> None:
         self.name = name
         self._rng = rng
@@ -70,6 +81,8 @@ class PrefixCacheAffinityFilter:
         self.max_penalty_ratio = max_penalty_ratio
         self.ttft_source = ttft_source
         self.peak_prefill_tps = peak_prefill_tps
+        self.max_imbalance_requests = max_imbalance_requests
+        self.max_imbalance_ratio = max_imbalance_ratio
 
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> Self:
@@ -82,6 +95,8 @@ class PrefixCacheAffinityFilter:
             max_penalty_ratio=params.float("maxTTFTPenaltyRatio", 0.0, ge=0.0),
             ttft_source=params.str("ttftSource", "latencyPredictor", choices=SOURCES),
             peak_prefill_tps=params.float("peakPrefillThroughput", 15928.0, gt=0.0),
+            max_imbalance_requests=params.int("maxImbalanceRequests", 4, ge=0),
+            max_imbalance_ratio=params.float("maxImbalanceRatio", 1.5, ge=1.0),
         )
 
     def filter(
@@ -98,6 +113,13 @@ class PrefixCacheAffinityFilter:
             (sticky if match is not None and match.fraction >= self.threshold else others).append(c)
         if not sticky or not others:
             return candidates
+        if self.max_imbalance_requests > 0:
+            warm = min(c.inflight.requests for c in sticky)
+            cold = min(c.inflight.requests for c in others)
+            if warm - cold > self.max_imbalance_requests and warm > self.max_imbalance_ratio * (
+                cold + 1
+            ):
+                return candidates
         if self.max_penalty_s > 0 or self.max_penalty_ratio > 0:
             best_sticky = min(self._ttft(c) for c in sticky)
             best_other = min(self._ttft(c) for c in others)
