@@ -251,7 +251,12 @@ async def test_sim_stats_reports_step_timing(client: Client) -> None:
     assert stats["generation_tokens"] == 3
     assert stats["steps"] >= min_steps
     assert stats["simulated_s"] > 0
-    assert stats["step_timing"]["steps"] >= min_steps
+    if stats["engine"] == "vllm":
+        assert stats["step_timing"]["steps"] >= min_steps
+    else:
+        # slots: the timing log counts timer wake-ups that ran to their end; at time_scale
+        # 1000 a short request can finish on wake-ups that were cut short (its own arrival).
+        assert 0 <= stats["step_timing"]["steps"] <= stats["steps"]
     assert (await client.post("/sim/stats/reset")).status == 204
     stats = await (await client.get("/sim/stats")).json()
     assert stats["step_timing"]["steps"] == 0
