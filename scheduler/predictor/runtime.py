@@ -359,20 +359,22 @@ class LatencyPredictor:
             if self._awaiting_first
             else None
         )
+        need_tpot = stream is not False or model.e2e is None
+        need_e2e = stream is not True
         adjust = [
             self._adjustments("ttft", names, lateness),
-            self._adjustments("tpot", names, None),
-            self._adjustments("e2e", names, lateness),
+            self._adjustments("tpot", names, None) if need_tpot else None,
+            self._adjustments("e2e", names, lateness) if need_e2e else None,
         ]
         ttft = _predict(model.ttft, wide, offsets[0], margin("ttft", 0.0), adjust[0])
         tpot = (
             _predict(model.tpot, wide, offsets[1], margin("tpot", 0.0), adjust[1])
-            if stream is not False or model.e2e is None
+            if need_tpot
             else None
         )
         e2e = (
             _predict(model.e2e, wide, offsets[2], margin("e2e", 0.0), adjust[2])
-            if stream is not True
+            if need_e2e
             else None
         )
         n = len(candidates)
