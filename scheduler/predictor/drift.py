@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
+
+import numpy as np
 
 MAX_LOG_DRIFT = math.log(64.0)
 """By default no sample counts for more than a factor of 64 either way (a stalled pod's
@@ -58,6 +61,11 @@ class LiveDrift:
     def get(self, endpoint: str) -> float | None:
         return self._values.get(endpoint)
 
+    def array(self, endpoints: Sequence[str]) -> np.ndarray:
+        """The values of ``endpoints`` in order, 0 for an endpoint without samples."""
+        get = self._values.get
+        return np.fromiter((get(e, 0.0) for e in endpoints), np.float64, len(endpoints))
+
     def median(self) -> float | None:
         """The median over endpoints with samples (the pool's typical value), ``None`` if none."""
         if self._median is None and self._values:
@@ -70,6 +78,16 @@ class LiveDrift:
 
     def __len__(self) -> int:
         return len(self._values)
+
+
+def dead_band_array(log_drift: np.ndarray, band: float) -> np.ndarray:
+    """:func:`dead_band` of every value (in place)."""
+    sign = np.sign(log_drift)
+    np.abs(log_drift, out=log_drift)
+    log_drift -= band
+    np.maximum(log_drift, 0.0, out=log_drift)
+    log_drift *= sign
+    return log_drift
 
 
 def dead_band(log_drift: float, band: float) -> float:

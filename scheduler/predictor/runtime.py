@@ -37,7 +37,7 @@ from scheduler.framework.attributes import Prediction
 from scheduler.framework.plugins import Outcome, RequestRecord
 from scheduler.framework.types import Attributes, AttrKey, Candidate, InferenceRequest
 from scheduler.predictor import estimate
-from scheduler.predictor.drift import LiveDrift, dead_band
+from scheduler.predictor.drift import LiveDrift, dead_band_array
 from scheduler.predictor.features import PROMPT, feature_rows
 from scheduler.predictor.model import PredictorModel, TargetModel, widen
 from scheduler.predictor.window import StratifiedWindow
@@ -327,15 +327,12 @@ class LatencyPredictor:
         """Per candidate, the log factor its ``target`` prediction is corrected by: its live
         drift beyond the dead band, and for TTFT at least its lateness."""
         drift = self.drift[target]
-        if not len(drift) and lateness is None:
-            return None
-        get = drift.get
-        out = np.array(
-            [dead_band(d, DRIFT_DEAD_BAND) if (d := get(n)) is not None else 0.0 for n in names]
-        )
+        if not len(drift):
+            return lateness if lateness is not None and lateness.any() else None
+        out = dead_band_array(drift.array(names), DRIFT_DEAD_BAND)
         if lateness is not None:
             np.maximum(out, lateness, out=out)
-        return out
+        return out if out.any() else None
 
     def _predict_all(
         self,
@@ -388,8 +385,8 @@ class LatencyPredictor:
                     strict=False,  # a repeat() has no length; the lists have n items each
                 )
             ]
-        zero = np.zeros(n)
-        factors = list(zip(*(zero if a is None else a for a in adjust), strict=True))
+        zero = [0.0] * n
+        factors = list(zip(*(zero if a is None else a.tolist() for a in adjust), strict=True))
         return [
             Prediction(a, b, c, False, f)
             for a, b, c, f in zip(
