@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -118,3 +119,20 @@ async def wait_all_up(client: TestClient[web.Request, web.Application]) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("not every endpoint was scraped")
+
+
+async def served_by(
+    client: TestClient[web.Request, web.Application], prompt: list[int], max_tokens: int
+) -> str:
+    """Stream a token-id completion through the gateway to its end; the pod that served it."""
+    body = {
+        "model": "sim-llm",
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    resp = await client.post("/v1/completions", data=orjson.dumps(body))
+    await resp.read()
+    assert resp.status == 200
+    return resp.headers["x-slogate-endpoint"]

@@ -12,7 +12,6 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 
-import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -21,7 +20,7 @@ from config import EndpointConfig, GatewayConfig, PoolConfig, PredictorConfig, S
 from gateway.keys import gateway_key
 from loadtest.sim.config import SimConfig
 from loadtest.sim.server import SimServer, start_sim_server
-from tests.gateway.conftest import MakeGateway, wait_all_up
+from tests.gateway.conftest import MakeGateway, served_by, wait_all_up
 
 SPEEDS = {"fast": 4.0, "slow": 1.0}
 
@@ -40,17 +39,7 @@ async def pods(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, SimSer
 
 
 async def completion(client: TestClient[web.Request, web.Application], i: int) -> str:
-    body = {
-        "model": "sim-llm",
-        "prompt": list(range(10_000 + 512 * i, 10_000 + 512 * (i + 1))),
-        "max_tokens": 8,
-        "ignore_eos": True,
-        "stream": True,
-    }
-    resp = await client.post("/v1/completions", data=orjson.dumps(body))
-    await resp.read()
-    assert resp.status == 200
-    return resp.headers["x-slogate-endpoint"]
+    return await served_by(client, list(range(10_000 + 512 * i, 10_000 + 512 * (i + 1))), 8)
 
 
 async def test_the_slow_pod_is_found_out_before_any_model(

@@ -13,14 +13,13 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 
-import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from loadtest.sim.config import SimConfig
 from loadtest.sim.server import SimServer, start_sim_server
-from tests.gateway.conftest import MakeGateway, gateway_config, wait_all_up
+from tests.gateway.conftest import MakeGateway, gateway_config, served_by, wait_all_up
 
 PODS = 4
 WAVES = 6
@@ -44,17 +43,7 @@ async def pods(request: pytest.FixtureRequest) -> AsyncIterator[list[SimServer]]
 
 
 async def completion(client: TestClient[web.Request, web.Application], i: int) -> str:
-    body = {
-        "model": "sim-llm",
-        "prompt": [*PREFIX, *range(5000 + 64 * i, 5000 + 64 * (i + 1))],
-        "max_tokens": 24,
-        "ignore_eos": True,
-        "stream": True,
-    }
-    resp = await client.post("/v1/completions", data=orjson.dumps(body))
-    await resp.read()
-    assert resp.status == 200
-    return resp.headers["x-slogate-endpoint"]
+    return await served_by(client, [*PREFIX, *range(5000 + 64 * i, 5000 + 64 * (i + 1))], 24)
 
 
 async def waiting(pods: list[SimServer], client: TestClient[web.Request, web.Application]) -> int:
