@@ -81,19 +81,11 @@ class LiveDrift:
 
 
 def dead_band_array(log_drift: np.ndarray, band: float) -> np.ndarray:
-    """:func:`dead_band` of every value (in place)."""
+    """Each value shrunk towards 0 by ``band`` (0 inside it), in place: the part of a drift
+    beyond ordinary error."""
     sign = np.sign(log_drift)
     np.abs(log_drift, out=log_drift)
     log_drift -= band
     np.maximum(log_drift, 0.0, out=log_drift)
     log_drift *= sign
     return log_drift
-
-
-def dead_band(log_drift: float, band: float) -> float:
-    """``log_drift`` shrunk towards 0 by ``band`` (0 inside it): the part beyond ordinary error."""
-    if log_drift > band:
-        return log_drift - band
-    if log_drift < -band:
-        return log_drift + band
-    return 0.0

@@ -26,7 +26,7 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Protocol
@@ -376,17 +376,10 @@ class LatencyPredictor:
         )
         n = len(candidates)
         if all(a is None for a in adjust):
-            return [
-                Prediction(a, b, c)
-                for a, b, c in zip(
-                    repeat(None, n) if ttft is None else ttft,
-                    repeat(None, n) if tpot is None else tpot,
-                    repeat(None, n) if e2e is None else e2e,
-                    strict=False,  # a repeat() has no length; the lists have n items each
-                )
-            ]
-        zero = [0.0] * n
-        factors = list(zip(*(zero if a is None else a.tolist() for a in adjust), strict=True))
+            factors: Iterable[tuple[float, float, float]] = repeat(_NO_ADJUST, n)
+        else:
+            zero = [0.0] * n
+            factors = zip(*(zero if a is None else a.tolist() for a in adjust), strict=True)
         return [
             Prediction(a, b, c, False, f)
             for a, b, c, f in zip(
@@ -394,7 +387,7 @@ class LatencyPredictor:
                 repeat(None, n) if tpot is None else tpot,
                 repeat(None, n) if e2e is None else e2e,
                 factors,
-                strict=False,
+                strict=False,  # a repeat() has no length; the lists have n items each
             )
         ]
 
@@ -616,6 +609,7 @@ def _predict(
 
 
 _NO_MARGIN: Mapping[str, float] = {}
+_NO_ADJUST = (0.0, 0.0, 0.0)
 
 
 _Offsets = tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]

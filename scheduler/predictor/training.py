@@ -192,10 +192,10 @@ def heuristic_spearman(test: WindowArrays, train: WindowArrays) -> float:
     any), as the live estimate learns it from first tokens.
     """
     typical = float(train.X[:, PROMPT].mean()) if len(train) else 1.0
-    cost = estimate.work(test.X.copy(), typical)
+    cost = estimate.work(test.X, typical)
     units: dict[str, float] = {}
     if len(train):
-        work = estimate.work(train.X.copy(), typical)
+        work = estimate.work(train.X, typical)
         log_unit = np.log(np.maximum(train.y, 1e-9)) - np.log(work)
         codes = train.endpoint.astype(np.int64)
         for code in np.unique(codes):

@@ -52,6 +52,7 @@ from scheduler.framework.attributes import PREDICTION, PREFIX_MATCH
 from scheduler.framework.params import Params
 from scheduler.framework.plugins import PluginHandle
 from scheduler.framework.types import Candidate, CycleState, InferenceRequest
+from scheduler.plugins.imbalance import out_of_proportion
 
 SOURCES = ("latencyPredictor", "prefillThroughput")
 
@@ -113,13 +114,13 @@ class PrefixCacheAffinityFilter:
             (sticky if match is not None and match.fraction >= self.threshold else others).append(c)
         if not sticky or not others:
             return candidates
-        if self.max_imbalance_requests > 0:
-            warm = min(c.inflight.requests for c in sticky)
-            cold = min(c.inflight.requests for c in others)
-            if warm - cold > self.max_imbalance_requests and warm > self.max_imbalance_ratio * (
-                cold + 1
-            ):
-                return candidates
+        if self.max_imbalance_requests > 0 and out_of_proportion(
+            min(c.inflight.requests for c in sticky),
+            min(c.inflight.requests for c in others),
+            self.max_imbalance_requests,
+            self.max_imbalance_ratio,
+        ):
+            return candidates
         if self.max_penalty_s > 0 or self.max_penalty_ratio > 0:
             best_sticky = min(self._ttft(c) for c in sticky)
             best_other = min(self._ttft(c) for c in others)

@@ -41,6 +41,7 @@ from scheduler.framework.attributes import PREFIX_MATCH, PrefixMatch
 from scheduler.framework.params import Params
 from scheduler.framework.plugins import PluginHandle
 from scheduler.framework.types import Candidate, CycleState, InferenceRequest
+from scheduler.plugins.imbalance import out_of_proportion
 
 
 class PrefixCacheScorer:
@@ -107,6 +108,6 @@ class PrefixCacheScorer:
         least = min(loads)
         surplus, ratio = self.max_imbalance_requests, self.max_imbalance_ratio
         return [
-            None if load - least > surplus and load > ratio * (least + 1) else match
+            None if out_of_proportion(load, least, surplus, ratio) else match
             for match, load in zip(matches, loads, strict=True)
         ]

@@ -18,7 +18,7 @@ import pytest
 
 from scheduler.framework.attributes import Prediction
 from scheduler.framework.types import Candidate
-from scheduler.predictor.drift import MAX_LOG_DRIFT, LiveDrift, dead_band, dead_band_array
+from scheduler.predictor.drift import MAX_LOG_DRIFT, LiveDrift, dead_band_array
 from scheduler.predictor.runtime import DRIFT_DEAD_BAND, LatencyPredictor
 from tests.scheduler.predictor.test_accuracy_prefill_wait import model_with_offsets, record
 from tests.support.builders import FakeClock, make_candidate, make_request
@@ -83,7 +83,6 @@ def test_drift_is_a_bounded_weighted_mean_per_endpoint() -> None:
     [(0.1, 0.15, 0.0), (-0.1, 0.15, 0.0), (0.5, 0.15, 0.35), (-0.5, 0.15, -0.35)],
 )
 def test_dead_band(value: float, band: float, expected: float) -> None:
-    assert dead_band(value, band) == pytest.approx(expected)
     assert dead_band_array(np.array([value, 0.0]), band) == pytest.approx([expected, 0.0])
 
 
