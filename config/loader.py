@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from config.errors import ConfigError
-from config.model import DEFAULT_PRESET, GatewayConfig, SchedulingConfig
+from config.model import DEFAULT_PRESET, GatewayConfig, SchedulingConfig, SloConfig
 
 T = TypeVar("T")
 
@@ -46,7 +46,27 @@ def from_yaml(text: str) -> GatewayConfig:
 def from_mapping(raw: object) -> GatewayConfig:
     cfg = decode(GatewayConfig, raw, "")
     check_scheduling(cfg.scheduling, "scheduling")
+    check_slo(cfg.slo, "slo")
     return cfg
+
+
+def check_slo(cfg: SloConfig, path: str) -> None:
+    names: set[str] = set()
+    for i, objective in enumerate(cfg.objectives):
+        if not objective.name:
+            raise ConfigError(f"{path}.objectives[{i}].name", objective.name, "must not be empty")
+        if objective.name in names:
+            raise ConfigError(
+                f"{path}.objectives[{i}].name", objective.name, "duplicate objective name"
+            )
+        names.add(objective.name)
+    known = cfg.resolved_objectives()
+    if cfg.default_objective not in known:
+        raise ConfigError(
+            f"{path}.default_objective",
+            cfg.default_objective,
+            f"no such objective; known: {', '.join(sorted(known))}",
+        )
 
 
 def preset_names() -> list[str]:

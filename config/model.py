@@ -128,6 +128,51 @@ class PredictorConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ObjectiveConfig:
+    """An inference objective (llm-d's ``InferenceObjective``): what a request names in
+    ``x-llm-d-inference-objective`` to get a priority and default latency objectives."""
+
+    name: str
+    priority: int = 0
+    """Negative: sheddable (may be rejected with 429 when no endpoint can serve it in time)."""
+    ttft_ms: float | None = _bounded(None, gt=0)
+    """Default TTFT objective when the request states none (``x-llm-d-slo-ttft-ms``)."""
+    tpot_ms: float | None = _bounded(None, gt=0)
+    """Default TPOT objective when the request states none (``x-llm-d-slo-tpot-ms``)."""
+
+
+BUILTIN_OBJECTIVES = (
+    ObjectiveConfig(name="critical", priority=100),
+    ObjectiveConfig(name="standard", priority=0),
+    ObjectiveConfig(name="sheddable", priority=-1),
+)
+"""Present in every configuration; an entry of ``slo.objectives`` with the same name replaces
+one."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SloConfig:
+    """Per-request latency objectives, priorities and admission (shedding)."""
+
+    objectives: tuple[ObjectiveConfig, ...] = ()
+    """Added to (or replacing by name) the built-in ``critical`` (100), ``standard`` (0) and
+    ``sheddable`` (-1)."""
+    default_objective: str = "standard"
+    """The objective of a request without ``x-llm-d-inference-objective``."""
+    retry_after_s: int = _bounded(1, ge=0)
+    """``retry-after`` of a shed (429) response."""
+    explain: bool = False
+    """Honour ``x-slogate-explain: 1``: the response carries, per candidate endpoint, the
+    predictions, headroom and the filter that removed it. Off by default: it shows the fleet's
+    state to whoever asks."""
+
+    def resolved_objectives(self) -> dict[str, ObjectiveConfig]:
+        merged = {o.name: o for o in BUILTIN_OBJECTIVES}
+        merged.update((o.name, o) for o in self.objectives)
+        return merged
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LoggingConfig:
     level: str = _bounded("info", choices=("debug", "info", "warning", "error"))
     format: str = _bounded("text", choices=("text", "json"))
@@ -141,4 +186,5 @@ class GatewayConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    slo: SloConfig = field(default_factory=SloConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -31,13 +31,15 @@ from gateway.errors import (
     UpstreamTimeoutError,
     error_body,
 )
+from gateway.explain import EXPLAIN_HEADER, describe, header_value
+from gateway.objectives import Objectives
 from gateway.parsing import ParsedRequest, parse_request
 from gateway.proxy import REQUEST_ID_HEADER, downstream_headers, upstream_headers
 from gateway.streaming import SseScanner, scan_json_body
 from gateway.telemetry import GatewayMetrics
 from gateway.tokenizer import PromptEncoder
 from scheduler.datalayer.store import EndpointStore
-from scheduler.framework.attributes import PREFIX_MATCH
+from scheduler.framework.attributes import PREDICTION, PREFIX_MATCH
 from scheduler.framework.errors import AdmissionDenied, NoCandidatesError
 from scheduler.framework.plugins import Outcome, RequestObserver, RequestRecord
 from scheduler.framework.types import (
@@ -88,6 +90,7 @@ class Director:
         self._metrics = metrics
         self._observers: tuple[RequestObserver, ...] = (scheduler, metrics, *observers)
         self._clock = clock
+        self._objectives = Objectives(cfg.slo)
         self._id_prefix = f"{rng.getrandbits(32):08x}-"
         self._ids = itertools.count(1)
 
@@ -96,8 +99,13 @@ class Director:
         received_at = self._clock()
         body = await self._read_body(request)
         parsed = parse_request(body, api)
+        objective = self._objectives.resolve(request.headers)
         internal_id = f"{self._id_prefix}{next(self._ids)}"
         client_id = request.headers.get(REQUEST_ID_HEADER) or internal_id
+        explain = self._cfg.slo.explain and request.headers.get(EXPLAIN_HEADER, "") in (
+            "1",
+            "true",
+        )
         tokens = await self._tokenize(parsed)
         ireq = InferenceRequest(
             request_id=internal_id,
@@ -106,12 +114,24 @@ class Director:
             prompt_tokens=tokens,
             stream=parsed.stream,
             max_tokens=parsed.max_tokens,
+            slo=objective.slo,
+            priority=objective.priority,
+            objective=objective.name,
+            explain=explain or logger.isEnabledFor(logging.DEBUG),
             received_at=received_at,
             headers=request.headers,
         )
         result = self._schedule(ireq)
         self._metrics.dispatch.observe(self._clock() - received_at)
-        return await self._dispatch(request, body, ireq, result, client_id, parsed.include_usage)
+        if ireq.explain and logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "schedule.decision",
+                extra={"request_id": client_id, "candidates": describe(result)},
+            )
+        extra = {EXPLAIN_HEADER: header_value(result)} if explain else None
+        return await self._dispatch(
+            request, body, ireq, result, client_id, parsed.include_usage, extra
+        )
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self._cfg.server.max_body_bytes
@@ -149,8 +169,22 @@ class Director:
         except NoCandidatesError as exc:
             raise NoEndpointError(str(exc)) from exc
         except AdmissionDenied as exc:
+            self._metrics.shed(ireq.objective, exc.reason)
+            logger.info(
+                "request.shed",
+                extra={
+                    "request_id": ireq.request_id,
+                    "objective": ireq.objective,
+                    "reason": exc.reason,
+                },
+            )
             raise SheddedError(
-                str(exc), headers={"x-llm-d-request-dropped-reason": exc.reason}
+                str(exc),
+                code=exc.reason.replace("-", "_"),
+                headers={
+                    "x-llm-d-request-dropped-reason": exc.reason,
+                    "retry-after": str(self._cfg.slo.retry_after_s),
+                },
             ) from exc
         finally:
             self._metrics.scheduler_e2e.observe(self._clock() - now)
@@ -164,6 +198,7 @@ class Director:
         result: SchedulingResult,
         client_id: str,
         include_usage: bool,
+        extra_headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
         targets = result.primary.targets
         attempts = min(len(targets), 1 + self._cfg.upstream.retries)
@@ -208,7 +243,7 @@ class Director:
             except Exception:
                 self._end(ireq, attempt)
                 raise
-            return await self._relay(request, ireq, attempt, upstream, client_id)
+            return await self._relay(request, ireq, attempt, upstream, client_id, extra_headers)
         raise AssertionError("unreachable: the loop returns or raises")
 
     # -- bookkeeping ----------------------------------------------------------------------
@@ -237,6 +272,7 @@ class Director:
         attempt.ended = True
         self._store.inflight.finished(ireq.request_id)
         scanner = attempt.scanner
+        prediction = attempt.candidate.attributes.get(PREDICTION)
         record = RequestRecord(
             request_id=ireq.request_id,
             model=ireq.model,
@@ -250,6 +286,8 @@ class Director:
             first_token_at=scanner.first_token_at,
             completion_tokens=scanner.completion_tokens,
             cached_tokens=scanner.cached_tokens,
+            predicted_ttft_s=None if prediction is None else prediction.ttft_s,
+            predicted_tpot_s=None if prediction is None else prediction.tpot_s,
         )
         for observer in self._observers:
             observer.on_end(ireq, record)
@@ -277,9 +315,12 @@ class Director:
         attempt: _Attempt,
         upstream: aiohttp.ClientResponse,
         client_id: str,
+        extra_headers: dict[str, str] | None,
     ) -> web.StreamResponse:
         attempt.status = upstream.status
         headers = downstream_headers(upstream.headers, attempt.candidate.name, client_id)
+        if extra_headers:
+            headers.update(extra_headers)
         try:
             if upstream.content_type == _SSE_CONTENT_TYPE:
                 return await self._relay_stream(request, ireq, attempt, upstream, headers)

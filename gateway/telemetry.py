@@ -90,6 +90,58 @@ class GatewayMetrics:
             model_labels,
             buckets=TOKEN_BUCKETS,
         )
+        self.slo_violations = self._counter(
+            "inference_objective_request_slo_violation",
+            "Requests with a latency objective that missed it, by type (ttft, tpot).",
+            (*model_labels, "type"),
+        )
+        self.ttft_slo_violations = self._counter(
+            "inference_objective_request_ttft_slo_violation",
+            "Requests with a TTFT objective that missed it (the llm-d guide's name).",
+            model_labels,
+        )
+        self.tpot_slo_violations = self._counter(
+            "inference_objective_request_tpot_slo_violation",
+            "Streamed requests with a TPOT objective that missed it (the llm-d guide's name).",
+            model_labels,
+        )
+        slo_labels = (*model_labels, "objective")
+        self.slo_requests = self._counter(
+            "slogate_slo_requests",
+            "Requests with a latency objective that ended, by objective and whether every "
+            "objective was met (met: true, false).",
+            (*slo_labels, "met"),
+        )
+        self.slo_ttft = self._histogram(
+            "slogate_slo_request_ttft_seconds",
+            "Measured TTFT of requests with a TTFT objective.",
+            slo_labels,
+            buckets=GENERAL_BUCKETS,
+        )
+        self.slo_predicted_ttft = self._histogram(
+            "slogate_slo_request_predicted_ttft_seconds",
+            "Predicted TTFT (of the endpoint chosen) of requests with a TTFT objective.",
+            slo_labels,
+            buckets=GENERAL_BUCKETS,
+        )
+        self.slo_tpot = self._histogram(
+            "slogate_slo_request_tpot_seconds",
+            "Measured TPOT of streamed requests with a TPOT objective.",
+            slo_labels,
+            buckets=TPOT_BUCKETS,
+        )
+        self.slo_predicted_tpot = self._histogram(
+            "slogate_slo_request_predicted_tpot_seconds",
+            "Predicted TPOT (of the endpoint chosen) of streamed requests with a TPOT objective.",
+            slo_labels,
+            buckets=TPOT_BUCKETS,
+        )
+        self.shed_requests = self._counter(
+            "slogate_requests_shed",
+            "Requests refused at admission (HTTP 429), by objective and reason "
+            "(x-llm-d-request-dropped-reason).",
+            ("objective", "reason"),
+        )
         self.http_requests = self._counter(
             "slogate_http_requests",
             "HTTP requests answered by the gateway, by route and status code.",
@@ -182,6 +234,41 @@ class GatewayMetrics:
         tpot = record.tpot_s
         if tpot is not None:
             m.tpot.observe(tpot)
+        if request.slo.any and record.outcome is Outcome.SUCCESS:
+            self._slo_outcome(request, record, ttft, tpot)
+
+    def _slo_outcome(
+        self,
+        request: InferenceRequest,
+        record: RequestRecord,
+        ttft: float | None,
+        tpot: float | None,
+    ) -> None:
+        """Violations of a successful request's objectives. TTFT is judged when a first token
+        was seen; TPOT only for streamed requests with two tokens or more."""
+        slo, model = request.slo, record.model
+        labels = (model, model, request.objective)
+        met = True
+        if slo.ttft_ms is not None and ttft is not None:
+            self.slo_ttft.labels(*labels).observe(ttft)
+            if record.predicted_ttft_s is not None:
+                self.slo_predicted_ttft.labels(*labels).observe(record.predicted_ttft_s)
+            if ttft * 1000 > slo.ttft_ms:
+                met = False
+                self.slo_violations.labels(model, model, "ttft").inc()
+                self.ttft_slo_violations.labels(model, model).inc()
+        if slo.tpot_ms is not None and request.stream and tpot is not None:
+            self.slo_tpot.labels(*labels).observe(tpot)
+            if record.predicted_tpot_s is not None:
+                self.slo_predicted_tpot.labels(*labels).observe(record.predicted_tpot_s)
+            if tpot * 1000 > slo.tpot_ms:
+                met = False
+                self.slo_violations.labels(model, model, "tpot").inc()
+                self.tpot_slo_violations.labels(model, model).inc()
+        self.slo_requests.labels(*labels, "true" if met else "false").inc()
+
+    def shed(self, objective: str, reason: str) -> None:
+        self.shed_requests.labels(objective, reason).inc()
 
     def http(self, route: str, code: int, seconds: float) -> None:
         key = (route, code)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from scheduler.framework.attributes import FILTER_TRACE
 from scheduler.framework.errors import NoCandidatesError
 from scheduler.framework.plugins import Clock, Filter, Picker, Plugin, Scorer
 from scheduler.framework.types import (
@@ -59,10 +60,17 @@ class SchedulerProfile:
         self, state: CycleState, request: InferenceRequest, candidates: Sequence[Candidate]
     ) -> ProfileResult:
         clock, timer = self._clock, self._timer
+        trace = state.get(FILTER_TRACE)
         for flt in self.filters:
             started = clock()
-            candidates = flt.filter(state, request, candidates)
+            kept = flt.filter(state, request, candidates)
             timer.observe("filter", flt, clock() - started)
+            if trace is not None:
+                names = {c.endpoint.name for c in kept}
+                for c in candidates:
+                    if c.endpoint.name not in names:
+                        trace[c.endpoint.name] = flt.name
+            candidates = kept
             if not candidates:
                 raise NoCandidatesError(
                     f"no endpoint left after filter {flt.name!r} ({flt.TYPE})", stage=flt.name

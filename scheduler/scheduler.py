@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from scheduler.framework.attributes import FILTER_TRACE
 from scheduler.framework.errors import NoCandidatesError
 from scheduler.framework.plugins import (
     Admitter,
@@ -65,6 +66,8 @@ class Scheduler:
                 f"no usable endpoint serves model {request.model!r}", stage="candidates"
             )
         state = CycleState()
+        if request.explain:
+            state.put(FILTER_TRACE, {})
         clock, timer = self._clock, self._timer
         for producer in self._producers:
             started = clock()

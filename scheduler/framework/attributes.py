@@ -46,3 +46,30 @@ class Prediction(NamedTuple):
 
 
 PREDICTION: AttrKey[Prediction] = AttrKey("predicted-latency")
+
+
+class Headroom(NamedTuple):
+    """How far inside its latency objectives a candidate is predicted to serve this request,
+    seconds (negative: predicted to miss). ``math.inf`` for a dimension without an objective;
+    ``None`` for one with an objective but no prediction to judge it by."""
+
+    ttft_s: float | None
+    tpot_s: float | None
+
+    @property
+    def valid(self) -> bool:
+        """Predicted to meet every objective it can be judged on."""
+        ttft, tpot = self.ttft_s, self.tpot_s
+        return (ttft is None or ttft >= 0) and (tpot is None or tpot >= 0)
+
+    @property
+    def known(self) -> bool:
+        return self.ttft_s is not None or self.tpot_s is not None
+
+
+SLO_HEADROOM: AttrKey[Headroom] = AttrKey("slo-headroom")
+"""Written by ``slo-headroom-producer`` for requests with a latency objective, or bound by a
+running request's TPOT objective on some candidate."""
+
+FILTER_TRACE: AttrKey[dict[str, str]] = AttrKey("filter-trace")
+"""Cycle state of an explained request: endpoint name -> the filter that removed it."""

@@ -138,6 +138,9 @@ class RequestRecord:
     completion_tokens: int = 0
     cached_tokens: int | None = None
     """``usage.prompt_tokens_details.cached_tokens`` when the server reported it."""
+    predicted_ttft_s: float | None = None
+    """What routing predicted for the endpoint that served it (``None``: no prediction)."""
+    predicted_tpot_s: float | None = None
 
     @property
     def ttft_s(self) -> float | None:

@@ -110,6 +110,10 @@ class InferenceRequest:
     slo: Slo = NO_SLO
     priority: int = 0
     """Negative priority marks the request as sheddable."""
+    objective: str = "standard"
+    """The inference objective the priority (and default SLOs) came from, for metrics."""
+    explain: bool = False
+    """Record why each candidate was kept or removed (``FILTER_TRACE`` in the cycle state)."""
     received_at: float = 0.0
     headers: Mapping[str, str] = field(default_factory=dict)
 

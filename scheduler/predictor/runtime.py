@@ -252,7 +252,13 @@ class LatencyPredictor:
         return dispatched_at if since is None or since < dispatched_at else since
 
     def predict(
-        self, rows: np.ndarray, candidates: Sequence[Candidate], *, stream: bool | None = None
+        self,
+        rows: np.ndarray,
+        candidates: Sequence[Candidate],
+        *,
+        stream: bool | None = None,
+        source: str = "auto",
+        model_tpot: bool = False,
     ) -> list[Prediction] | None:
         """Predictions for every candidate; while no model is trusted (or it fails), the
         cold-start estimates (``estimate``, flagged ``estimated``); ``None`` only when even
@@ -260,12 +266,24 @@ class LatencyPredictor:
 
         ``stream`` says what the request needs: streamed, TTFT and TPOT (no e2e); not streamed,
         TTFT and e2e (TPOT too when there is no e2e model, to estimate e2e from); ``None``,
-        every target. Never raises: a failing model is a fallback, logged once per transition.
+        every target. ``source``: ``auto`` as above; ``estimate``, always the estimates;
+        ``model``, the model once one exists even if it has not beaten the estimate.
+        ``model_tpot``: while TTFT comes from the estimate, TPOT and e2e still come from the
+        model when it has them (latency objectives need them; the estimate has none).
+        Never raises: a failing model is a fallback, logged once per transition.
         """
         model = self.model
-        if model is None or not self.ready:
+        if source == "estimate":
+            return self._with_model_tpot(model, rows, candidates, stream, model_tpot)
+        usable = self.ready or (
+            source == "model"
+            and model is not None
+            and model.ttft is not None
+            and self.trainer_healthy
+        )
+        if model is None or not usable:
             self._route_by_fallback(True, "no model" if model is None else "not ready")
-            return self._estimated(rows, candidates)
+            return self._with_model_tpot(model, rows, candidates, stream, model_tpot)
         started = self._clock()
         try:
             predictions = self._predict_all(model, rows, candidates, stream, now=started)
@@ -276,6 +294,34 @@ class LatencyPredictor:
         self.hooks.prediction_timed(self._clock() - started)
         self._route_by_fallback(False, "")
         return predictions
+
+    def _with_model_tpot(
+        self,
+        model: PredictorModel | None,
+        rows: np.ndarray,
+        candidates: Sequence[Candidate],
+        stream: bool | None,
+        model_tpot: bool,
+    ) -> list[Prediction] | None:
+        """The estimates; with ``model_tpot``, TPOT and e2e from the model beside them."""
+        estimated = self._estimated(rows, candidates)
+        if (
+            not model_tpot
+            or estimated is None
+            or model is None
+            or model.tpot is None
+            or not self.trainer_healthy
+        ):
+            return estimated
+        try:
+            modelled = self._predict_all(model, rows, candidates, stream)
+        except Exception:
+            logger.exception("predictor.failed", extra={"version": model.version})
+            return estimated
+        return [
+            Prediction(e.ttft_s, m.tpot_s, m.e2e_s, True, m.adjust)
+            for e, m in zip(estimated, modelled, strict=True)
+        ]
 
     def _estimated(
         self, rows: np.ndarray, candidates: Sequence[Candidate]

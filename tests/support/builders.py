@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from scheduler.framework.plugins import Plugin, PluginHandle
 from scheduler.framework.types import (
+    NO_SLO,
     Api,
     Candidate,
     Endpoint,
@@ -21,6 +22,7 @@ from scheduler.framework.types import (
     InferenceRequest,
     InflightLoad,
     ScoredCandidate,
+    Slo,
 )
 from scheduler.predictor.gbdt import GbdtParams
 from scheduler.predictor.training import TrainingJob
@@ -115,6 +117,8 @@ def make_request(
     api: Api = Api.CHAT,
     stream: bool = True,
     max_tokens: int | None = None,
+    slo: Slo = NO_SLO,
+    priority: int = 0,
 ) -> InferenceRequest:
     return InferenceRequest(
         request_id=request_id,
@@ -123,6 +127,8 @@ def make_request(
         prompt_tokens=list(prompt_tokens),
         stream=stream,
         max_tokens=max_tokens,
+        slo=slo,
+        priority=priority,
     )
 
 

@@ -17,7 +17,16 @@ non-streaming traffic trains correctly (llm-d needs one global ``streamingMode``
 Inputs: candidate metrics, in-flight load, ``PREFIX_MATCH`` (run the prefix producer first).
 Output: ``PREDICTION`` per candidate.
 
-Parameters: none (the predictor's own settings live in the ``predictor`` config section).
+Parameters (the predictor's own settings live in the ``predictor`` config section):
+
+- ``routeBy`` (``auto``): what the predictions written for routing come from. ``auto``: the
+  trained model once it orders held-out requests better than the cold-start estimate, the
+  estimate until then; ``estimate``: always the cold-start estimate (with its live per-pod
+  correction), the model still trained and reported; ``model``: the model as soon as one
+  exists, whether or not it beat the estimate.
+- ``tpotWhileEstimating`` (false): while TTFT comes from the estimate, predict TPOT (and e2e)
+  with the model as soon as one exists. Latency objectives need a TPOT prediction; routing
+  alone is better without (the estimate ranks pods on TTFT only).
 
 Extension points: data producer, pre-request, response observer.
 """
@@ -41,27 +50,51 @@ from scheduler.framework.types import (
 )
 from scheduler.predictor.runtime import LatencyPredictor, shared_predictor
 
+ROUTE_BY = ("auto", "estimate", "model")
 FEATURE_ROWS: AttrKey[np.ndarray] = AttrKey("predicted-latency-feature-rows")
 
 
 class PredictedLatencyProducer:
     TYPE: ClassVar[str] = "predicted-latency-producer"
 
-    def __init__(self, name: str, predictor: LatencyPredictor) -> None:
+    def __init__(
+        self,
+        name: str,
+        predictor: LatencyPredictor,
+        *,
+        route_by: str = "auto",
+        tpot_while_estimating: bool = False,
+    ) -> None:
         self.name = name
         self.predictor = predictor
+        self.route_by = route_by
+        self.tpot_while_estimating = tpot_while_estimating
         predictor.enabled = True
 
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> Self:
-        return cls(name, shared_predictor(handle.services, handle.clock, handle.rng))
+        route_by = params.str("routeBy", "auto", choices=ROUTE_BY)
+        tpot = params.bool("tpotWhileEstimating", False)
+        params.done()
+        return cls(
+            name,
+            shared_predictor(handle.services, handle.clock, handle.rng),
+            route_by=route_by,
+            tpot_while_estimating=tpot,
+        )
 
     def produce(
         self, state: CycleState, request: InferenceRequest, candidates: Sequence[Candidate]
     ) -> None:
         rows = self.predictor.feature_rows(request, candidates)
         state.put(FEATURE_ROWS, rows)
-        predictions = self.predictor.predict(rows, candidates, stream=request.stream)
+        predictions = self.predictor.predict(
+            rows,
+            candidates,
+            stream=request.stream,
+            source=self.route_by,
+            model_tpot=self.tpot_while_estimating,
+        )
         if predictions is not None:
             for candidate, prediction in zip(candidates, predictions, strict=True):
                 candidate.attributes.put(PREDICTION, prediction)

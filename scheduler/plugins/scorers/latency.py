@@ -1,11 +1,21 @@
 """``latency-scorer``: prefer the endpoint predicted to serve this request fastest.
 
-Without SLOs (this scorer's job today; SLO headroom comes with admission), every candidate's
-cost is its predicted latency for *this* request: for a streamed request a blend of TTFT and
-TPOT, each normalized over the candidates to [0, 1] (weights ``ttftWeight``/``tpotWeight``,
-llm-d's 0.8/0.2; a dimension with no spread drops out); for a non-streamed request the
-predicted end-to-end latency. Scores follow llm-d: ``int((1 - cost) * 100 + 1) / 100``, so the
-fastest scores 1.01 (clamped to 1 by the framework) and the slowest 0.01.
+For a request with latency objectives, when ``slo-headroom-producer`` has judged the
+candidates (``SLO_HEADROOM``), it scores headroom as llm-d does: candidates predicted to meet
+every objective score by ``headroomSelectionStrategy`` — ``least`` (default) prefers the one
+closest to its objectives (bin-packing: slack is kept for the requests that need it), ``most``
+the one with the most slack (spreading) — over the TTFT and TPOT headroom normalized across
+them and blended by ``ttftWeight``/``tpotWeight`` (an unconstrained or unjudged dimension drops
+out); the others score 0. When none is predicted to meet them: idle candidates (nothing in
+flight from this gateway) only; else the smallest deficit, first among those missing only
+TPOT, then only TTFT, then both, each ranked on the dimensions it misses.
+
+Otherwise (no objectives) every candidate's cost is its predicted latency for *this* request:
+for a streamed request a blend of TTFT and TPOT, each normalized over the candidates to [0, 1]
+(weights ``ttftWeight``/``tpotWeight``, llm-d's 0.8/0.2; a dimension with no spread drops
+out); for a non-streamed request the predicted end-to-end latency. Scores follow llm-d:
+``int((1 - cost) * 100 + 1) / 100``, so the fastest scores 1.01 (clamped to 1 by the
+framework) and the slowest 0.01.
 
 Before a model is trusted, the predictor's cold-start estimates (``Prediction.estimated``: TTFT
 only, from in-flight work and each pod's observed speed) are scored the same way. When no
@@ -27,6 +37,8 @@ Parameters:
 ``normalization``        minmax  ``minmax`` (llm-d) or ``relative`` (below)
 ``temperature``          0.25    for ``relative``: the relative slowness that costs a
                                  candidate ``1/e`` of its weight
+``headroomSelectionStrategy`` least  ``least`` (bin-pack) or ``most`` (spread), for
+                                 requests with objectives
 ======================== ======= =================================================
 
 ``normalization: relative`` scores ``exp(-cost / temperature)`` with ``cost`` how much slower
@@ -46,7 +58,13 @@ import math
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Self
 
-from scheduler.framework.attributes import PREDICTION, PREFIX_MATCH, Prediction
+from scheduler.framework.attributes import (
+    PREDICTION,
+    PREFIX_MATCH,
+    SLO_HEADROOM,
+    Headroom,
+    Prediction,
+)
 from scheduler.framework.params import Params
 from scheduler.framework.plugins import PluginHandle
 from scheduler.framework.types import Candidate, CycleState, InferenceRequest
@@ -55,6 +73,7 @@ _RANGE_EPSILON = 1e-12
 _MAX_RELATIVE = 1e6
 """Relative cost of a candidate without a prediction: it scores 0."""
 NORMALIZATIONS = ("minmax", "relative")
+STRATEGIES = ("least", "most")
 
 
 class LatencyScorer:
@@ -71,12 +90,16 @@ class LatencyScorer:
         prefix_weight: float = 1.0,
         normalization: str = "minmax",
         temperature: float = 0.25,
+        strategy: str = "least",
     ) -> None:
         if normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
             )
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.name = name
+        self.strategy = strategy
         self.normalization = normalization
         self.temperature = temperature
         total = ttft_weight + tpot_weight
@@ -101,11 +124,16 @@ class LatencyScorer:
             prefix_weight=params.float("compositePrefixWeight", 1.0, ge=0.0),
             normalization=params.str("normalization", "minmax", choices=NORMALIZATIONS),
             temperature=params.float("temperature", 0.25, gt=0.0),
+            strategy=params.str("headroomSelectionStrategy", "least", choices=STRATEGIES),
         )
 
     def score(
         self, state: CycleState, request: InferenceRequest, candidates: Sequence[Candidate]
     ) -> Sequence[float]:
+        if request.slo.any:
+            headrooms = [c.attributes.get(SLO_HEADROOM) for c in candidates]
+            if any(h is not None and h.known for h in headrooms):
+                return self.headroom(candidates, headrooms)
         predictions = [c.attributes.get(PREDICTION) for c in candidates]
         if all(p is None for p in predictions):
             return self.composite(candidates)
@@ -146,6 +174,56 @@ class LatencyScorer:
         a, b = self.ttft_weight, self.tpot_weight
         return [a * t + b * u for t, u in zip(ttft, tpot, strict=True)]
 
+    def headroom(
+        self, candidates: Sequence[Candidate], headrooms: Sequence[Headroom | None]
+    ) -> list[float]:
+        """llm-d's headroom scoring (module docstring); ``headrooms`` per candidate."""
+        n = len(candidates)
+        positive = [i for i, h in enumerate(headrooms) if h is None or h.valid]
+        if positive:
+            return self._bucket(headrooms, positive, n, self.strategy)
+        idle = [i for i, c in enumerate(candidates) if not c.inflight.requests]
+        if idle:
+            return self._bucket(headrooms, idle, n, "least")
+        buckets: tuple[list[int], list[int], list[int]] = ([], [], [])
+        for i, h in enumerate(headrooms):
+            assert h is not None  # every unjudged candidate is positive
+            ttft_miss = h.ttft_s is not None and h.ttft_s < 0
+            tpot_miss = h.tpot_s is not None and h.tpot_s < 0
+            buckets[0 if not ttft_miss else 1 if not tpot_miss else 2].append(i)
+        # Only the missed dimensions rank a deficit bucket (llm-d also lets the met one
+        # count, so that among pods missing TTFT the one *closest* to its TPOT bound wins).
+        for bucket, dims in zip(buckets, ((1,), (0,), (0, 1)), strict=True):
+            if bucket:
+                return self._bucket(headrooms, bucket, n, "least", dims)
+        raise AssertionError("unreachable: every candidate is in a bucket")
+
+    def _bucket(
+        self,
+        headrooms: Sequence[Headroom | None],
+        members: list[int],
+        n: int,
+        strategy: str,
+        dims: tuple[int, ...] = (0, 1),
+    ) -> list[float]:
+        """Scores for ``members`` (by ``strategy`` over their normalized absolute headroom in
+        dimensions ``dims``: 0 TTFT, 1 TPOT); 0 for everyone else."""
+        ttft = _spread([_finite(headrooms[i], 0) for i in members]) if 0 in dims else None
+        tpot = _spread([_finite(headrooms[i], 1) for i in members]) if 1 in dims else None
+        a, b = self.ttft_weight, self.tpot_weight
+        if ttft is None:
+            a, b = 0.0, 1.0
+        if tpot is None:
+            a, b = (1.0, 0.0) if ttft is not None else (0.0, 0.0)
+        out = [0.0] * n
+        for k, i in enumerate(members):
+            combined = a * (ttft[k] if ttft else 0.5) + b * (tpot[k] if tpot else 0.5)
+            if a == 0.0 and b == 0.0:
+                combined = 0.5
+            weight = (1.0 - combined) if strategy == "least" else combined
+            out[i] = (math.floor(weight * 100 + 1e-9) + 1) / 100
+        return out
+
     def composite(self, candidates: Sequence[Candidate]) -> list[float]:
         max_q = max((c.metrics.waiting for c in candidates if c.metrics is not None), default=0)
         scores = []
@@ -165,6 +243,29 @@ class LatencyScorer:
             )
             scores.append(round(composite * 100) / 100)
         return scores
+
+
+def _finite(headroom: Headroom | None, dimension: int) -> float | None:
+    """``|headroom|`` of one dimension when it is judged and constrained, else ``None``."""
+    if headroom is None:
+        return None
+    value = headroom[dimension]
+    if value is None or math.isinf(value):
+        return None
+    return abs(value)
+
+
+def _spread(values: Sequence[float | None]) -> list[float] | None:
+    """Min-max normalized values (unknown ones at 0.5); ``None`` when fewer than two are
+    known or all known are equal: the dimension cannot separate the candidates."""
+    known = [v for v in values if v is not None]
+    if len(known) < 2:
+        return None
+    low, high = min(known), max(known)
+    span = high - low
+    if span <= _RANGE_EPSILON:
+        return None
+    return [0.5 if v is None else (v - low) / span for v in values]
 
 
 def _e2e(prediction: Prediction | None, request: InferenceRequest) -> float | None:
