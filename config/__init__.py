@@ -11,6 +11,7 @@ from config.loader import (
 )
 from config.model import (
     DEFAULT_PRESET,
+    AdmissionQueueConfig,
     EndpointConfig,
     GatewayConfig,
     LoggingConfig,
@@ -29,6 +30,7 @@ from config.model import (
 
 __all__ = [
     "DEFAULT_PRESET",
+    "AdmissionQueueConfig",
     "ConfigError",
     "EndpointConfig",
     "GatewayConfig",

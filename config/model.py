@@ -151,6 +151,18 @@ one."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AdmissionQueueConfig:
+    """Flow control: sheddable requests refused at admission wait for room instead."""
+
+    enabled: bool = False
+    max_wait_ms: float = _bounded(2000.0, gt=0)
+    """Longest wait; then the request is refused (429, ``rejected-ttl-expired``)."""
+    max_queued: int = _bounded(1000, ge=1)
+    """Waiting requests at most; a new one is refused (``evicted-queue-pressure``) unless it
+    outranks the lowest-priority waiter, which is refused in its place."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SloConfig:
     """Per-request latency objectives, priorities and admission (shedding)."""
 
@@ -161,6 +173,7 @@ class SloConfig:
     """The objective of a request without ``x-llm-d-inference-objective``."""
     retry_after_s: int = _bounded(1, ge=0)
     """``retry-after`` of a shed (429) response."""
+    queue: AdmissionQueueConfig = field(default_factory=AdmissionQueueConfig)
     explain: bool = False
     """Honour ``x-slogate-explain: 1``: the response carries, per candidate endpoint, the
     predictions, headroom and the filter that removed it. Off by default: it shows the fleet's

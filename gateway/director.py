@@ -32,6 +32,7 @@ from gateway.errors import (
     error_body,
 )
 from gateway.explain import EXPLAIN_HEADER, describe, header_value
+from gateway.flow_control import AdmissionQueue
 from gateway.objectives import Objectives
 from gateway.parsing import ParsedRequest, parse_request
 from gateway.proxy import REQUEST_ID_HEADER, downstream_headers, upstream_headers
@@ -91,6 +92,17 @@ class Director:
         self._observers: tuple[RequestObserver, ...] = (scheduler, metrics, *observers)
         self._clock = clock
         self._objectives = Objectives(cfg.slo)
+        queue = cfg.slo.queue
+        self._queue = (
+            AdmissionQueue(
+                max_queued=queue.max_queued,
+                max_wait_s=queue.max_wait_ms / 1000,
+                clock=clock,
+                on_change=metrics.queue_changed,
+            )
+            if queue.enabled
+            else None
+        )
         self._id_prefix = f"{rng.getrandbits(32):08x}-"
         self._ids = itertools.count(1)
 
@@ -121,7 +133,7 @@ class Director:
             received_at=received_at,
             headers=request.headers,
         )
-        result = self._schedule(ireq)
+        result = await self._admit(ireq)
         self._metrics.dispatch.observe(self._clock() - received_at)
         if ireq.explain and logger.isEnabledFor(logging.DEBUG):
             logger.debug(
@@ -152,22 +164,22 @@ class Director:
             return await loop.run_in_executor(None, self._encoder.encode, parsed.segments)
         return self._encoder.encode(parsed.segments)
 
-    def _schedule(self, ireq: InferenceRequest) -> SchedulingResult:
-        now = self._clock()
-        candidates = self._store.candidates(ireq.model, now)
-        if not candidates:
-            known = self._store.models()
-            if known and ireq.model not in known:
-                raise NotFoundError(
-                    f"The model `{ireq.model}` does not exist.",
-                    code="model_not_found",
-                    param="model",
-                )
-            raise NoEndpointError(f"no usable endpoint serves model {ireq.model!r}")
+    async def _admit(self, ireq: InferenceRequest) -> SchedulingResult:
+        """Schedule the request, through the admission queue when flow control is on; a
+        refusal becomes a 429 with llm-d's reason header."""
+        queue = self._queue
         try:
-            result = self._scheduler.schedule(ireq, candidates)
-        except NoCandidatesError as exc:
-            raise NoEndpointError(str(exc)) from exc
+            if queue is None:
+                return self._schedule(ireq)
+            started = self._clock()
+            try:
+                result, waited = await queue.admit(ireq.priority, lambda: self._schedule(ireq))
+            except AdmissionDenied as exc:
+                self._metrics.queue_waited(ireq.priority, exc.reason, self._clock() - started)
+                raise
+            if waited:
+                self._metrics.queue_waited(ireq.priority, "admitted", waited)
+            return result
         except AdmissionDenied as exc:
             self._metrics.shed(ireq.objective, exc.reason)
             logger.info(
@@ -186,6 +198,23 @@ class Director:
                     "retry-after": str(self._cfg.slo.retry_after_s),
                 },
             ) from exc
+
+    def _schedule(self, ireq: InferenceRequest) -> SchedulingResult:
+        now = self._clock()
+        candidates = self._store.candidates(ireq.model, now)
+        if not candidates:
+            known = self._store.models()
+            if known and ireq.model not in known:
+                raise NotFoundError(
+                    f"The model `{ireq.model}` does not exist.",
+                    code="model_not_found",
+                    param="model",
+                )
+            raise NoEndpointError(f"no usable endpoint serves model {ireq.model!r}")
+        try:
+            result = self._scheduler.schedule(ireq, candidates)
+        except NoCandidatesError as exc:
+            raise NoEndpointError(str(exc)) from exc
         finally:
             self._metrics.scheduler_e2e.observe(self._clock() - now)
         return result
@@ -271,6 +300,8 @@ class Director:
             return
         attempt.ended = True
         self._store.inflight.finished(ireq.request_id)
+        if self._queue is not None:
+            self._queue.room_freed()
         scanner = attempt.scanner
         prediction = attempt.candidate.attributes.get(PREDICTION)
         record = RequestRecord(

@@ -142,6 +142,16 @@ class GatewayMetrics:
             "(x-llm-d-request-dropped-reason).",
             ("objective", "reason"),
         )
+        self.queue_duration = self._histogram(
+            "inference_extension_flow_control_request_queue_duration_seconds",
+            "Time sheddable requests waited in the admission queue, by outcome "
+            "(admitted, or the reason they were refused).",
+            ("priority", "outcome"),
+            buckets=GENERAL_BUCKETS,
+        )
+        self.queued: dict[int, int] = {}
+        """Requests waiting in the admission queue, by priority."""
+        self.registry.register(_QueueCollector(self.queued))
         self.http_requests = self._counter(
             "slogate_http_requests",
             "HTTP requests answered by the gateway, by route and status code.",
@@ -270,6 +280,12 @@ class GatewayMetrics:
     def shed(self, objective: str, reason: str) -> None:
         self.shed_requests.labels(objective, reason).inc()
 
+    def queue_changed(self, priority: int, delta: int) -> None:
+        self.queued[priority] = self.queued.get(priority, 0) + delta
+
+    def queue_waited(self, priority: int, outcome: str, seconds: float) -> None:
+        self.queue_duration.labels(str(priority), outcome).observe(seconds)
+
     def http(self, route: str, code: int, seconds: float) -> None:
         key = (route, code)
         children = self._http_children.get(key)
@@ -296,6 +312,24 @@ class _ModelChildren:
         self.output_tokens = metrics.output_tokens.labels(*labels)
         self.ttft = metrics.ttft.labels(*labels)
         self.tpot = metrics.tpot.labels(*labels)
+
+
+class _QueueCollector(Collector):
+    def __init__(self, queued: dict[int, int]) -> None:
+        self._queued = queued
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "inference_extension_flow_control_queue_size",
+            "Requests waiting in the admission queue, by priority.",
+            labels=("priority",),
+        )
+        for priority, count in sorted(self._queued.items()):
+            family.add_metric((str(priority),), count)
+        yield family
 
 
 class PoolCollector(Collector):

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 
 from config import (
+    AdmissionQueueConfig,
     EndpointConfig,
     GatewayConfig,
     PoolConfig,
@@ -343,3 +344,49 @@ async def test_explain_is_off_unless_the_operator_enables_it(
         assert all("predicted_ms" in e and "score" in e for e in entries)
         status, _, headers = await post(client, completion())
         assert "x-slogate-explain" not in headers
+
+
+async def test_with_flow_control_refused_work_waits_for_room(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    async with (
+        sim_pods(2, SimConfig(max_num_seqs=1, time_scale=1.0)) as pods,
+        aiohttp.ClientSession() as session,
+    ):
+        patient = dataclasses.replace(
+            slo_config(pods), slo=SloConfig(queue=AdmissionQueueConfig(enabled=True))
+        )
+        impatient = dataclasses.replace(
+            patient,
+            slo=SloConfig(queue=AdmissionQueueConfig(enabled=True, max_wait_ms=200)),
+        )
+        client = await start(aiohttp_client, patient)
+        hasty = await start(aiohttp_client, impatient)
+        gw = client.app[gateway_key]
+        tasks = [t for pod in pods for t in await occupy(pod, session, 7)]
+        try:
+            await wait_for(
+                lambda: all(
+                    (m := gw.store.metrics(e.name)) is not None and m.waiting >= 5
+                    for e in gw.store.endpoints
+                )
+            )
+            sheddable = {"x-llm-d-inference-objective": "sheddable"}
+            status, _, headers = await post(hasty, completion(), sheddable)
+            assert status == 429
+            assert headers["x-llm-d-request-dropped-reason"] == "rejected-ttl-expired"
+
+            waiting = asyncio.create_task(post(client, completion(), sheddable))
+            await settled(client, "inference_extension_flow_control_queue_size", 1)
+            assert not waiting.done()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        status, _, _ = await waiting  # the pods drained: room
+        assert status == 200
+        metrics = await (await client.get("/metrics")).text()
+        waited = "inference_extension_flow_control_request_queue_duration_seconds_count"
+        assert total(metrics, waited, outcome="admitted", priority="-1") == 1
+        assert total(metrics, "inference_extension_flow_control_queue_size") == 0
+        assert total(metrics, "slogate_requests_shed_total") == 0
