@@ -210,34 +210,39 @@ async def test_with_spare_capacity_objectives_are_met_and_misses_are_counted(
 
 
 # -- shedding ----------------------------------------------------------------------------------
-async def occupy(pod: SimServer, session: aiohttp.ClientSession, n: int) -> list[asyncio.Task[Any]]:
-    """``n`` long streams sent to the pod directly (not through the gateway)."""
+@contextlib.asynccontextmanager
+async def saturated(pods: list[SimServer], *clients: Client) -> AsyncIterator[None]:
+    """Every pod kept busy by 7 long streams sent to it directly (not through a gateway), until
+    each gateway has scraped a queue of at least 5 on every pod; cancelled on exit."""
 
-    async def one() -> None:
+    async def one(session: aiohttp.ClientSession, pod: SimServer) -> None:
         async with session.post(f"{pod.url}/v1/completions", json=completion(4000)) as resp:
             async for _ in resp.content.iter_any():
                 pass
 
-    return [asyncio.create_task(one()) for _ in range(n)]
+    def queues_full(client: Client) -> bool:
+        store = client.app[gateway_key].store
+        return all(
+            (m := store.metrics(e.name)) is not None and m.waiting >= 5 for e in store.endpoints
+        )
+
+    async with aiohttp.ClientSession() as session:
+        tasks = [asyncio.create_task(one(session, pod)) for pod in pods for _ in range(7)]
+        try:
+            await wait_for(lambda: all(queues_full(c) for c in clients))
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_when_every_pod_is_busy_sheddable_work_is_refused_and_critical_work_served(
     aiohttp_client: AiohttpClient,
 ) -> None:
-    async with (
-        sim_pods(2, SimConfig(max_num_seqs=1, time_scale=1.0)) as pods,
-        aiohttp.ClientSession() as session,
-    ):
+    async with sim_pods(2, SimConfig(max_num_seqs=1, time_scale=1.0)) as pods:
         client = await start(aiohttp_client, slo_config(pods))
-        gw = client.app[gateway_key]
-        tasks = [t for pod in pods for t in await occupy(pod, session, 7)]
-        try:
-            await wait_for(
-                lambda: all(
-                    (m := gw.store.metrics(e.name)) is not None and m.waiting >= 5
-                    for e in gw.store.endpoints
-                )
-            )
+        async with saturated(pods, client):
             # With an objective no pod is predicted to meet, and no pod idle.
             tight = {"x-llm-d-slo-ttft-ms": "0.001"}
             shed = {**tight, "x-llm-d-inference-objective": "sheddable"}
@@ -257,10 +262,6 @@ async def test_when_every_pod_is_busy_sheddable_work_is_refused_and_critical_wor
             metrics = await (await client.get("/metrics")).text()
             sheds = "slogate_requests_shed_total"
             assert total(metrics, sheds, objective="sheddable", reason="rejected-saturated") == 2
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
         # The critical request with the same objective is admitted (and served once the pods
         # have dropped the cancelled streams).
         critical = {**tight, "x-llm-d-inference-objective": "critical"}
@@ -349,10 +350,7 @@ async def test_explain_is_off_unless_the_operator_enables_it(
 async def test_with_flow_control_refused_work_waits_for_room(
     aiohttp_client: AiohttpClient,
 ) -> None:
-    async with (
-        sim_pods(2, SimConfig(max_num_seqs=1, time_scale=1.0)) as pods,
-        aiohttp.ClientSession() as session,
-    ):
+    async with sim_pods(2, SimConfig(max_num_seqs=1, time_scale=1.0)) as pods:
         patient = dataclasses.replace(
             slo_config(pods), slo=SloConfig(queue=AdmissionQueueConfig(enabled=True))
         )
@@ -362,15 +360,7 @@ async def test_with_flow_control_refused_work_waits_for_room(
         )
         client = await start(aiohttp_client, patient)
         hasty = await start(aiohttp_client, impatient)
-        gw = client.app[gateway_key]
-        tasks = [t for pod in pods for t in await occupy(pod, session, 7)]
-        try:
-            await wait_for(
-                lambda: all(
-                    (m := gw.store.metrics(e.name)) is not None and m.waiting >= 5
-                    for e in gw.store.endpoints
-                )
-            )
+        async with saturated(pods, client, hasty):
             sheddable = {"x-llm-d-inference-objective": "sheddable"}
             status, _, headers = await post(hasty, completion(), sheddable)
             assert status == 429
@@ -379,10 +369,6 @@ async def test_with_flow_control_refused_work_waits_for_room(
             waiting = asyncio.create_task(post(client, completion(), sheddable))
             await settled(client, "inference_extension_flow_control_queue_size", 1)
             assert not waiting.done()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
         status, _, _ = await waiting  # the pods drained: room
         assert status == 200
         metrics = await (await client.get("/metrics")).text()
