@@ -18,8 +18,17 @@ Modules, one concept each:
 - :mod:`~loadtest.sim.alarm`     the engines' interruptible sleep
 - :mod:`~loadtest.sim.stats`     counters, histograms and the step-timing log
 - :mod:`~loadtest.sim.metrics`   vLLM-named Prometheus metrics on the sim's own registry
-- :mod:`~loadtest.sim.protocol`  OpenAI/vLLM request parsing and response bytes
-- :mod:`~loadtest.sim.server`    the aiohttp app factory, handlers and ``start_sim_server``
+- :mod:`~loadtest.sim.lora`      LoRA adapters in flight and ``vllm:lora_requests_info``
+- :mod:`~loadtest.sim.protocol`  OpenAI/vLLM completions and chat: parsing and response bytes
+- :mod:`~loadtest.sim.responses` the Responses API: parsing, the response object, its events
+- :mod:`~loadtest.sim.response_store` the responses a pod produced, bounded
+- :mod:`~loadtest.sim.embeddings` embeddings: parsing, deterministic vectors, the body
+- :mod:`~loadtest.sim.tokenization` ``/tokenize`` and ``/detokenize``
+- :mod:`~loadtest.sim.frontend`  prompts into engine requests, shared by every engine route
+- :mod:`~loadtest.sim.completions_handler`, :mod:`~loadtest.sim.responses_handler`,
+  :mod:`~loadtest.sim.embeddings_handler`  the aiohttp handlers of the engine routes
+- :mod:`~loadtest.sim.server`    the app factory, route table, other handlers,
+  ``start_sim_server``
 - :mod:`~loadtest.sim.cli`       ``add_sim_arguments`` / ``run_sim`` for ``slogate sim``
 """
 

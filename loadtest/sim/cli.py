@@ -80,6 +80,14 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=_DEFAULTS.seed, help="seed of the output-length draws"
     )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="serve a LoRA adapter NAME on top of the base model (repeatable): listed in "
+        "/v1/models, accepted as a request's model, reported in vllm:lora_requests_info",
+    )
     slots = parser.add_argument_group(
         "slots engine", "latency model of --engine slots (ignored by --engine vllm)"
     )
@@ -127,6 +135,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         prefill_ms_per_token=args.prefill_ms_per_token,
         itl_ms=args.itl_ms,
         time_factor_under_load=args.time_factor_under_load,
+        lora_adapters=tuple(args.lora or ()),
     )
 
 
@@ -158,6 +167,7 @@ def run_sim(args: argparse.Namespace) -> None:
             "time_scale": config.time_scale,
             "max_num_seqs": config.max_num_seqs,
             "kv_blocks": config.kv_blocks,
+            "lora_adapters": ",".join(config.lora_adapters),
         },
     )
     web.run_app(

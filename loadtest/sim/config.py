@@ -41,6 +41,9 @@ class SimConfig:
     than real time); it never changes the modelled times. Output lengths without
     ``ignore_eos`` follow a log-normal with the given median and sigma (the Azure 2023
     conversation trace has median ~130 tokens, sigma ~0.86 in log space).
+    ``lora_adapters`` are the LoRA adapter names served on top of ``model`` (vLLM's
+    ``--lora-modules``): listed in ``/v1/models``, accepted as a request's ``model``, and
+    reported in ``vllm:lora_requests_info``.
     """
 
     model: str = DEFAULT_MODEL
@@ -71,6 +74,7 @@ class SimConfig:
     # running requests at 66 ms/token, the vllm engine's time for 256 decodes at ~750 tokens
     # of context.
     time_factor_under_load: float = 6.0
+    lora_adapters: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -107,6 +111,7 @@ class SimConfig:
                 self.time_factor_under_load,
                 "must be a finite number >= 1",
             )
+        self._check_lora_adapters()
         capacity = self.kv_blocks * self.block_size
         if capacity < self.max_model_len:
             # vLLM refuses to start when one max-length sequence cannot fit in the KV cache.
@@ -116,6 +121,21 @@ class SimConfig:
                 f"kv_blocks * block_size = {capacity} tokens cannot hold one sequence of "
                 f"max_model_len = {self.max_model_len}",
             )
+
+    def _check_lora_adapters(self) -> None:
+        seen: set[str] = set()
+        for index, name in enumerate(self.lora_adapters):
+            path = f"lora_adapters[{index}]"
+            if not name:
+                raise SimConfigError(path, name, "must be a non-empty string")
+            if "," in name:
+                # vllm:lora_requests_info joins adapter names with commas.
+                raise SimConfigError(path, name, "must not contain a comma")
+            if name == self.model:
+                raise SimConfigError(path, name, "must differ from the base model name")
+            if name in seen:
+                raise SimConfigError(path, name, "is listed twice")
+            seen.add(name)
 
     @property
     def kv_watermark_blocks(self) -> int:

@@ -6,7 +6,9 @@ counters of :class:`~loadtest.sim.stats.EngineStats` only at scrape time. Custom
 families also mean no ``*_created`` series, and counters are named without ``_total`` so
 prometheus_client's own suffix gives exactly vLLM's exposed names
 (``vllm:prompt_tokens_total``). Every series carries ``model_name`` and ``engine="0"``,
-as vLLM V1 labels them.
+as vLLM V1 labels them. A sim serving LoRA adapters also exposes
+``vllm:lora_requests_info`` (see :mod:`loadtest.sim.lora`), which has only vLLM's three
+LoRA labels.
 
 The exposition is gzip-compressed when the scraper's ``Accept-Encoding`` lists ``gzip``, and
 plain otherwise, as vLLM's ``/metrics`` (prometheus_client's ASGI app) serves it.
@@ -27,6 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, gzip_accepted
 
 from loadtest.sim.engines import SimEngine
+from loadtest.sim.lora import LoraTracker
 from loadtest.sim.stats import FINISH_REASONS, Histogram
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -40,8 +43,9 @@ _LABELS = ("model_name", "engine")
 class SimCollector:
     """Collects one engine's vLLM metrics (registered on the sim's own registry)."""
 
-    def __init__(self, engine: SimEngine, model_name: str) -> None:
+    def __init__(self, engine: SimEngine, model_name: str, lora: LoraTracker | None = None) -> None:
         self._engine = engine
+        self._lora = lora if lora is not None and lora.enabled else None
         self._label_values = (model_name, "0")
         config = engine.config
         self._cache_info_labels = {
@@ -123,6 +127,8 @@ class SimCollector:
             "Histogram of e2e request latency in seconds.",
             stats.e2e_s,
         )
+        if self._lora is not None:
+            yield self._lora.collect(engine_busy=engine.num_running + engine.num_waiting > 0)
 
     def _gauge(self, name: str, documentation: str, value: float) -> GaugeMetricFamily:
         family = GaugeMetricFamily(name, documentation, labels=_LABELS)
@@ -142,10 +148,12 @@ class SimCollector:
         return family
 
 
-def create_registry(engine: SimEngine, model_name: str) -> CollectorRegistry:
+def create_registry(
+    engine: SimEngine, model_name: str, lora: LoraTracker | None = None
+) -> CollectorRegistry:
     """A fresh registry holding only this engine's metrics (never the default registry)."""
     registry = CollectorRegistry()
-    registry.register(SimCollector(engine, model_name))
+    registry.register(SimCollector(engine, model_name, lora))
     return registry
 
 

@@ -9,7 +9,7 @@ Nothing here imports aiohttp; the server module adapts it to HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,12 +30,15 @@ FILLER_WORDS: tuple[str, ...] = (
     " some", " could", " these", " two", " may", " first", " then", " do", " any",
 )
 # fmt: on
-_FILLER_JSON: tuple[bytes, ...] = tuple(orjson.dumps(word) for word in FILLER_WORDS)
+# Each filler word as a JSON string, spliced into pre-encoded events.
+FILLER_JSON: tuple[bytes, ...] = tuple(orjson.dumps(word) for word in FILLER_WORDS)
 
 _T = TypeVar("_T")
 
 SSE_DONE = b"data: [DONE]\n\n"
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+# What GET /version reports: a vLLM release whose API and metrics the sim follows.
+VLLM_VERSION = "0.10.2"
 
 
 class ApiError(Exception):
@@ -73,9 +76,15 @@ def model_not_found(model: str) -> ApiError:
     )
 
 
+def engine_stopped() -> ApiError:
+    """The engine loop ended (shutdown) before the request finished."""
+    return ApiError(503, "the engine stopped", error_type="ServiceUnavailableError")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ParsedRequest:
-    """The fields of a completions or chat request that the simulator acts on."""
+    """The fields of a completions or chat request that the simulator acts on. ``model`` is
+    the name the request asked for: the base model or one of its LoRA adapters."""
 
     chat: bool
     prompt_text: str | None
@@ -85,13 +94,16 @@ class ParsedRequest:
     include_usage: bool
     ignore_eos: bool
     seed: int | None
+    model: str
 
 
-def parse_completion_request(body: bytes, served_model: str) -> ParsedRequest:
+def parse_completion_request(
+    body: bytes, served_model: str, adapters: Collection[str] = ()
+) -> ParsedRequest:
     """Parse ``/v1/completions``. A list of several prompts is rejected (400): the simulator
     serves one sequence per request, like ``n=1``."""
-    fields = _load_object(body)
-    common = _common_fields(fields, served_model)
+    fields = load_object(body)
+    common = _common_fields(fields, served_model, adapters)
     prompt = fields.get("prompt")
     text: str | None = None
     ids: list[int] | None = None
@@ -100,11 +112,11 @@ def parse_completion_request(body: bytes, served_model: str) -> ParsedRequest:
     elif isinstance(prompt, list) and prompt:
         if all(isinstance(item, str) for item in prompt):
             text = _single(prompt)
-        elif all(_is_token_id(item) for item in prompt):
+        elif all(is_token_id(item) for item in prompt):
             ids = prompt
         elif all(isinstance(item, list) for item in prompt):
             ids = _single(prompt)
-            if not ids or not all(_is_token_id(item) for item in ids):
+            if not ids or not all(is_token_id(item) for item in ids):
                 raise bad_request("prompt must be a list of non-negative token ids", "prompt")
         else:
             raise bad_request(
@@ -119,23 +131,18 @@ def parse_completion_request(body: bytes, served_model: str) -> ParsedRequest:
     return ParsedRequest(chat=False, prompt_text=text, prompt_ids=ids, **common)
 
 
-def parse_chat_request(body: bytes, served_model: str) -> ParsedRequest:
+def parse_chat_request(
+    body: bytes, served_model: str, adapters: Collection[str] = ()
+) -> ParsedRequest:
     """Parse ``/v1/chat/completions`` and render its messages (and tools) as one prompt."""
-    fields = _load_object(body)
-    common = _common_fields(fields, served_model)
+    fields = load_object(body)
+    common = _common_fields(fields, served_model, adapters)
     # max_completion_tokens is OpenAI's newer name; like vLLM, it wins over max_tokens.
-    max_completion_tokens = _optional_int(fields, "max_completion_tokens", minimum=1)
+    max_completion_tokens = optional_int(fields, "max_completion_tokens", minimum=1)
     if max_completion_tokens is not None:
         common["max_tokens"] = max_completion_tokens
-    messages = fields.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("messages must be a non-empty list", "messages")
-    for message in messages:
-        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
-            raise bad_request("each message must be an object with a string role", "messages")
-    tools = fields.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise bad_request("tools must be a list", "tools")
+    messages = parse_messages(fields)
+    tools = optional_tools(fields)
     return ParsedRequest(
         chat=True, prompt_text=render_chat(messages, tools), prompt_ids=None, **common
     )
@@ -214,9 +221,9 @@ class StreamEncoder:
         """One event per token ``start..stop``; the last carries ``finish_reason`` if given."""
         if stop <= start:
             return b""
-        count = len(_FILLER_JSON)
+        count = len(FILLER_JSON)
         offset = self._word_offset
-        words = [_FILLER_JSON[(offset + i) % count] for i in range(start, stop)]
+        words = [FILLER_JSON[(offset + i) % count] for i in range(start, stop)]
         if finish_reason is None:
             tail = self._tail
         elif self._chat:
@@ -292,7 +299,39 @@ def completion_body(
     )
 
 
-def _load_object(body: bytes) -> dict[str, Any]:
+def parse_messages(fields: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The chat ``messages`` of a request: a non-empty list of objects with a string role."""
+    messages = fields.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("messages must be a non-empty list", "messages")
+    for message in messages:
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+            raise bad_request("each message must be an object with a string role", "messages")
+    return messages
+
+
+def optional_tools(fields: Mapping[str, Any]) -> list[Any] | None:
+    tools = fields.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise bad_request("tools must be a list", "tools")
+    return tools
+
+
+def resolve_model(fields: Mapping[str, Any], served_model: str, adapters: Collection[str]) -> str:
+    """The model a request names (the base model when it names none): the base model or one
+    of its LoRA adapters; anything else is vLLM's 404."""
+    model = fields.get("model")
+    if model is None:
+        return served_model
+    if not isinstance(model, str):
+        raise bad_request("model must be a string", "model")
+    if model != served_model and model not in adapters:
+        raise model_not_found(model)
+    return model
+
+
+def load_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object (400 otherwise)."""
     try:
         fields = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -302,16 +341,14 @@ def _load_object(body: bytes) -> dict[str, Any]:
     return fields
 
 
-def _common_fields(fields: Mapping[str, Any], served_model: str) -> dict[str, Any]:
-    model = fields.get("model", served_model)
-    if not isinstance(model, str):
-        raise bad_request("model must be a string", "model")
-    if model != served_model:
-        raise model_not_found(model)
-    n = _optional_int(fields, "n", minimum=1)
+def _common_fields(
+    fields: Mapping[str, Any], served_model: str, adapters: Collection[str]
+) -> dict[str, Any]:
+    model = resolve_model(fields, served_model, adapters)
+    n = optional_int(fields, "n", minimum=1)
     if n is not None and n != 1:
         raise bad_request("the simulator only supports n=1", "n")
-    stream = _optional_bool(fields, "stream")
+    stream = optional_bool(fields, "stream")
     stream_options = fields.get("stream_options")
     include_usage = False
     if stream_options is not None:
@@ -321,17 +358,18 @@ def _common_fields(fields: Mapping[str, Any], served_model: str) -> dict[str, An
             )
         if not isinstance(stream_options, dict):
             raise bad_request("stream_options must be an object", "stream_options")
-        include_usage = _optional_bool(stream_options, "include_usage")
+        include_usage = optional_bool(stream_options, "include_usage")
     return {
-        "max_tokens": _optional_int(fields, "max_tokens", minimum=1),
+        "max_tokens": optional_int(fields, "max_tokens", minimum=1),
         "stream": stream,
         "include_usage": include_usage,
-        "ignore_eos": _optional_bool(fields, "ignore_eos"),
-        "seed": _optional_int(fields, "seed", minimum=None),
+        "ignore_eos": optional_bool(fields, "ignore_eos"),
+        "seed": optional_int(fields, "seed", minimum=None),
+        "model": model,
     }
 
 
-def _optional_int(fields: Mapping[str, Any], name: str, *, minimum: int | None) -> int | None:
+def optional_int(fields: Mapping[str, Any], name: str, *, minimum: int | None) -> int | None:
     value = fields.get(name)
     if value is None:
         return None
@@ -342,16 +380,16 @@ def _optional_int(fields: Mapping[str, Any], name: str, *, minimum: int | None) 
     return value
 
 
-def _optional_bool(fields: Mapping[str, Any], name: str) -> bool:
+def optional_bool(fields: Mapping[str, Any], name: str, *, default: bool = False) -> bool:
     value = fields.get(name)
     if value is None:
-        return False
+        return default
     if not isinstance(value, bool):
         raise bad_request(f"{name} must be a boolean", name)
     return value
 
 
-def _is_token_id(value: object) -> bool:
+def is_token_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 

@@ -5,21 +5,32 @@ or ``slots``, both behind :class:`~loadtest.sim.engines.SimEngine`); the engine'
 and stops with the app (``cleanup_ctx``), and the app owns its metrics registry, so one
 process can serve several sims (a heterogeneous demo fleet) on one event loop.
 ``start_sim_server`` runs one on a TCP port with handler cancellation on, which the sim
-relies on: a client that goes away cancels its handler, and the handler's ``finally`` aborts
-the request, freeing its batch slot and KV blocks at once, whether it was running or still
-waiting.
+relies on: a client that goes away cancels its handler, and the handler leaving
+``SimFrontend.submitted`` aborts the request, freeing its batch slot and KV blocks at once,
+whether it was running or still waiting.
 
 Routes::
 
     POST /v1/completions         OpenAI completions (stream and non-stream)
     POST /v1/chat/completions    OpenAI chat completions (stream and non-stream)
-    GET  /v1/models              the served model
+    POST /v1/responses           OpenAI Responses API (stream and non-stream), see responses.py
+    GET  /v1/responses/{id}      a response this pod produced (404 if unknown or forgotten)
+    POST /v1/embeddings          OpenAI embeddings, prefill-only requests on the engine
+    GET  /v1/models              the served model and its LoRA adapters
+    POST /tokenize               vLLM's tokenizer endpoint (prompt or messages)
+    POST /detokenize             vLLM's: token ids back to text
+    GET  /version                {"version": <the vLLM release the sim follows>}
     GET  /health                 200, empty body
     GET  /metrics                vLLM-named Prometheus metrics (gzip if the client accepts it)
     GET  /sim/stats              JSON: engine, speed, step timing vs the model, CPU, counters
     POST /sim/stats/reset        clear the step-timing log (benchmarks call it after warm-up)
     GET  /sim/speed              {"speed": current}
     POST /sim/speed              {"speed": new > 0}: slow the pod down or speed it up now
+
+The routes that run the engine live in their own handler modules (``completions_handler``,
+``responses_handler``, ``embeddings_handler``) and all go through one
+:class:`~loadtest.sim.frontend.SimFrontend`, so they load the pod and show in its metrics
+alike; this module keeps the routes that only read or set state.
 """
 
 from __future__ import annotations
@@ -27,117 +38,105 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import orjson
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 
-from gateway.tokenizer import Tokenizer, load_tokenizer
+from gateway.tokenizer import Tokenizer
+from loadtest.sim.completions_handler import CompletionHandlers
 from loadtest.sim.config import SimConfig
+from loadtest.sim.embeddings_handler import EmbeddingsHandlers
 from loadtest.sim.engines import SimEngine, create_engine, running_engine
-from loadtest.sim.kvcache import hash_prompt_blocks
+from loadtest.sim.frontend import LARGE_PROMPT_TOKENS, SimFrontend
+from loadtest.sim.lora import LoraTracker
 from loadtest.sim.metrics import create_registry, metrics_exposition
-from loadtest.sim.protocol import (
-    SSE_DONE,
-    ApiError,
-    ParsedRequest,
-    StreamEncoder,
-    bad_request,
-    completion_body,
-    filler_text,
-    parse_chat_request,
-    parse_completion_request,
-    resolve_max_tokens,
-    usage_dict,
+from loadtest.sim.protocol import VLLM_VERSION, ApiError, bad_request
+from loadtest.sim.response_store import ResponseStore
+from loadtest.sim.responses_handler import ResponsesHandlers
+from loadtest.sim.tokenization import (
+    Detokenizer,
+    detokenize_body,
+    parse_detokenize_request,
+    parse_tokenize_request,
+    tokenize_body,
 )
-from loadtest.sim.request import RequestState, SimRequest, draw_output_len
 
 SIM_CONFIG_KEY = web.AppKey("sim_config", SimConfig)
 # Subscripted, not AppKey(name, SimEngine): a Protocol is not a concrete class for type[T].
 SIM_ENGINE_KEY = web.AppKey[SimEngine]("sim_engine")
 SIM_REGISTRY_KEY = web.AppKey("sim_registry", CollectorRegistry)
 
-# Above these sizes, tokenizing and hashing move to a worker thread so the step loop and the
-# other streams keep their timing.
-LARGE_PROMPT_CHARS = 20_000
-LARGE_PROMPT_TOKENS = 16_384
 CLIENT_MAX_SIZE_BYTES = 64 * 1024 * 1024
 
-_SSE_HEADERS = {"Cache-Control": "no-cache"}
-_FINISHED = RequestState.FINISHED
-_ABORTED = RequestState.ABORTED
-
-
-@dataclass(frozen=True, slots=True)
-class PromptInfo:
-    """What the engine needs of a prompt: its length, block hashes and a content digest."""
-
-    num_tokens: int
-    block_hashes: list[int]
-    digest: int
-
-
-def prompt_info(token_ids: Sequence[int], block_size: int) -> PromptInfo:
-    return PromptInfo(
-        num_tokens=len(token_ids),
-        block_hashes=hash_prompt_blocks(token_ids, block_size),
-        digest=hash(tuple(token_ids)),
-    )
-
-
-def _text_prompt_info(tokenizer: Tokenizer, text: str, block_size: int) -> PromptInfo:
-    return prompt_info(tokenizer.encode(text), block_size)
+_R = TypeVar("_R")
 
 
 class SimHandlers:
-    """The request handlers of one sim, holding its dependencies (no app lookups per call)."""
+    """The routes of one sim that do not run the engine, holding their dependencies (no app
+    lookups per call)."""
 
-    def __init__(
-        self,
-        config: SimConfig,
-        engine: SimEngine,
-        registry: CollectorRegistry,
-        *,
-        clock: Callable[[], float],
-        tokenizer: Tokenizer | None,
-    ) -> None:
-        self._config = config
-        self._engine = engine
+    def __init__(self, frontend: SimFrontend, registry: CollectorRegistry) -> None:
+        self._frontend = frontend
+        self._config = frontend.config
+        self._engine = frontend.engine
         self._registry = registry
-        self._clock = clock
-        self._tokenizer = tokenizer
-
-    async def tokenizer_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        """Load the default tokenizer off the event loop unless one was injected."""
-        if self._tokenizer is None:
-            self._tokenizer = await asyncio.get_running_loop().run_in_executor(None, load_tokenizer)
-        yield
-
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        parsed = parse_completion_request(await request.read(), self._config.model)
-        return await self._generate(request, parsed)
-
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        parsed = parse_chat_request(await request.read(), self._config.model)
-        return await self._generate(request, parsed)
+        self._detokenizer: Detokenizer | None = None
 
     async def models(self, request: web.Request) -> web.Response:
-        model = self._config.model
-        card = {
+        config = self._config
+        model = config.model
+        created = int(time.time())
+        base = {
             "id": model,
             "object": "model",
-            "created": int(time.time()),
+            "created": created,
             "owned_by": "slogate-sim",
             "root": model,
             "parent": None,
-            "max_model_len": self._config.max_model_len,
+            "max_model_len": config.max_model_len,
         }
-        return _json_response({"object": "list", "data": [card]})
+        # vLLM's card for an adapter: its own id, the base model as parent, no max_model_len.
+        adapters = [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "vllm",
+                "root": name,
+                "parent": model,
+                "max_model_len": None,
+            }
+            for name in config.lora_adapters
+        ]
+        return _json_response({"object": "list", "data": [base, *adapters]})
+
+    async def version(self, request: web.Request) -> web.Response:
+        return _json_response({"version": VLLM_VERSION})
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        config = self._config
+        parsed = parse_tokenize_request(await request.read(), config.model, config.lora_adapters)
+        tokens = await self._frontend.encode(parsed.text)
+        token_strs = (
+            await self._off_loop_if_large(self._get_detokenizer().token_strs, tokens)
+            if parsed.return_token_strs
+            else None
+        )
+        return web.Response(
+            body=tokenize_body(tokens, config.max_model_len, token_strs),
+            content_type="application/json",
+        )
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        config = self._config
+        tokens = parse_detokenize_request(await request.read(), config.model, config.lora_adapters)
+        text = await self._off_loop_if_large(self._get_detokenizer().decode, tokens)
+        return web.Response(body=detokenize_body(text), content_type="application/json")
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response()
@@ -183,127 +182,16 @@ class SimHandlers:
         self._engine.set_speed(parse_speed_body(await request.read()))
         return _json_response({"speed": self._engine.speed})
 
-    async def _generate(self, request: web.Request, parsed: ParsedRequest) -> web.StreamResponse:
-        arrival_s = self._clock()
-        config = self._config
-        prompt = await self._prompt_info(parsed)
-        max_tokens = resolve_max_tokens(parsed, prompt.num_tokens, config.max_model_len)
-        if parsed.ignore_eos:
-            output_len = max_tokens
-        else:
-            output_len = draw_output_len(
-                prompt.digest,
-                parsed.seed,
-                sim_seed=config.seed,
-                median=config.output_len_median_tokens,
-                sigma=config.output_len_sigma,
-            )
-        request_id = f"{'chatcmpl' if parsed.chat else 'cmpl'}-{uuid.uuid4().hex}"
-        sim_request = SimRequest(
-            request_id=request_id,
-            prompt_len=prompt.num_tokens,
-            block_hashes=prompt.block_hashes,
-            max_tokens=max_tokens,
-            output_len=output_len,
-            stream=parsed.stream,
-            arrival_s=arrival_s,
-        )
-        word_offset = prompt.digest % 1024
-        created = int(time.time())
-        self._engine.add_request(sim_request)
-        try:
-            if parsed.stream:
-                encoder = StreamEncoder(
-                    chat=parsed.chat,
-                    request_id=request_id,
-                    created=created,
-                    model=config.model,
-                    word_offset=word_offset,
-                )
-                return await self._stream(request, sim_request, parsed, encoder)
-            while not sim_request.done:
-                await sim_request.wait_for_update()
-            if sim_request.state is _ABORTED:
-                raise ApiError(503, "the engine stopped", error_type="ServiceUnavailableError")
-            body = completion_body(
-                chat=parsed.chat,
-                request_id=request_id,
-                created=created,
-                model=config.model,
-                text=filler_text(word_offset, 0, sim_request.num_generated),
-                finish_reason=sim_request.finish_reason or "stop",
-                usage=_usage(sim_request),
-            )
-            return web.Response(body=body, content_type="application/json")
-        finally:
-            # Cancelled (client gone, or shutdown) or failed: give back the slot and blocks.
-            if not sim_request.done:
-                self._engine.abort(sim_request)
+    def _get_detokenizer(self) -> Detokenizer:
+        if self._detokenizer is None:
+            self._detokenizer = Detokenizer(self._frontend.tokenizer)
+        return self._detokenizer
 
-    async def _prompt_info(self, parsed: ParsedRequest) -> PromptInfo:
-        block_size = self._config.block_size
-        loop = asyncio.get_running_loop()
-        if parsed.prompt_ids is not None:
-            ids = parsed.prompt_ids
-            if len(ids) > LARGE_PROMPT_TOKENS:
-                return await loop.run_in_executor(None, prompt_info, ids, block_size)
-            return prompt_info(ids, block_size)
-        tokenizer = self._tokenizer
-        text = parsed.prompt_text
-        if tokenizer is None or text is None:  # pragma: no cover - cleanup_ctx loads it first
-            raise RuntimeError("the sim app was not started")
-        if len(text) > LARGE_PROMPT_CHARS:
-            return await loop.run_in_executor(None, _text_prompt_info, tokenizer, text, block_size)
-        return _text_prompt_info(tokenizer, text, block_size)
-
-    async def _stream(
-        self,
-        request: web.Request,
-        sim_request: SimRequest,
-        parsed: ParsedRequest,
-        encoder: StreamEncoder,
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(headers=_SSE_HEADERS)
-        response.content_type = "text/event-stream"
-        await response.prepare(request)
-        sent = 0
-        role_pending = parsed.chat  # vLLM sends the role chunk with the first token
-        try:
-            while True:
-                generated = sim_request.num_generated
-                finished = sim_request.state is _FINISHED
-                if generated > sent or finished:
-                    parts = [
-                        encoder.tokens(
-                            sent, generated, sim_request.finish_reason if finished else None
-                        )
-                    ]
-                    if role_pending:
-                        parts.insert(0, encoder.role_chunk())
-                        role_pending = False
-                    sent = generated
-                    if finished:
-                        if parsed.include_usage:
-                            parts.append(
-                                encoder.usage_chunk(
-                                    sim_request.prompt_len,
-                                    generated,
-                                    max(0, sim_request.num_cached_tokens),
-                                )
-                            )
-                        parts.append(SSE_DONE)
-                    await response.write(b"".join(parts))
-                    if finished:
-                        break
-                elif sim_request.state is _ABORTED:
-                    break  # the engine stopped: end the stream without [DONE]
-                await sim_request.wait_for_update()
-            await response.write_eof()
-        except ConnectionResetError:
-            # The client went away and handler cancellation is off: abort in the caller's
-            # finally and let aiohttp finish the dead connection quietly.
-            pass
-        return response
+    async def _off_loop_if_large(self, work: Callable[[list[int]], _R], tokens: list[int]) -> _R:
+        """``work(tokens)``, in a worker thread when there are many tokens."""
+        if len(tokens) > LARGE_PROMPT_TOKENS:
+            return await asyncio.get_running_loop().run_in_executor(None, work, tokens)
+        return work(tokens)
 
 
 def create_sim_app(
@@ -311,23 +199,38 @@ def create_sim_app(
     *,
     clock: Callable[[], float] | None = None,
     tokenizer: Tokenizer | None = None,
+    wall_clock: Callable[[], float] | None = None,
 ) -> web.Application:
     """Build one simulated vLLM server. ``clock`` is a monotonic clock in seconds (default
-    ``time.monotonic``); pass a loaded ``tokenizer`` to share one between several sims."""
+    ``time.monotonic``); pass a loaded ``tokenizer`` to share one between several sims.
+    ``wall_clock`` (default ``time.time``) stamps ``vllm:lora_requests_info``."""
     clock = clock if clock is not None else time.monotonic
     engine = create_engine(config, clock=clock)
-    registry = create_registry(engine, config.model)
-    handlers = SimHandlers(config, engine, registry, clock=clock, tokenizer=tokenizer)
+    lora = LoraTracker(
+        config.lora_adapters, wall_clock=wall_clock if wall_clock is not None else time.time
+    )
+    registry = create_registry(engine, config.model, lora)
+    frontend = SimFrontend(config, engine, lora, tokenizer=tokenizer)
+    handlers = SimHandlers(frontend, registry)
+    completions = CompletionHandlers(frontend, clock=clock)
+    responses = ResponsesHandlers(frontend, ResponseStore(), clock=clock)
+    embeddings = EmbeddingsHandlers(frontend, clock=clock)
 
     app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE_BYTES)
     app[SIM_CONFIG_KEY] = config
     app[SIM_ENGINE_KEY] = engine
     app[SIM_REGISTRY_KEY] = registry
-    app.cleanup_ctx.append(handlers.tokenizer_ctx)
+    app.cleanup_ctx.append(frontend.tokenizer_ctx)
     app.cleanup_ctx.append(_engine_ctx)
-    app.router.add_post("/v1/completions", handlers.completions)
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
+    app.router.add_post("/v1/completions", completions.completions)
+    app.router.add_post("/v1/chat/completions", completions.chat_completions)
+    app.router.add_post("/v1/responses", responses.create)
+    app.router.add_get("/v1/responses/{response_id}", responses.retrieve)
+    app.router.add_post("/v1/embeddings", embeddings.embeddings)
     app.router.add_get("/v1/models", handlers.models)
+    app.router.add_post("/tokenize", handlers.tokenize)
+    app.router.add_post("/detokenize", handlers.detokenize)
+    app.router.add_get("/version", handlers.version)
     app.router.add_get("/health", handlers.health)
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/sim/stats", handlers.stats)
@@ -415,12 +318,6 @@ def parse_speed_body(body: bytes) -> float:
     if not (speed > 0 and math.isfinite(speed)):
         raise bad_request(f"'speed' must be a finite number > 0 (got {speed!r})", "speed")
     return float(speed)
-
-
-def _usage(sim_request: SimRequest) -> dict[str, Any]:
-    return usage_dict(
-        sim_request.prompt_len, sim_request.num_generated, max(0, sim_request.num_cached_tokens)
-    )
 
 
 def _json_response(payload: object) -> web.Response:
