@@ -132,8 +132,11 @@ class LatencyPredictor:
         shape_label: str | None = None,
         accuracy_window: int = 500,
         pending_ttl_s: float = 600.0,
+        tpot_step_floor: float = 0.0,
     ) -> None:
         self._clock = clock
+        self.tpot_step_floor = tpot_step_floor
+        """Predicted TPOT >= this x the endpoint's live engine-step interval (0: off)."""
         self.hooks: PredictorHooks = NoHooks()
         self.shape_label = shape_label
         self.model: PredictorModel | None = None
@@ -415,6 +418,8 @@ class LatencyPredictor:
             if need_tpot
             else None
         )
+        if tpot is not None and self.tpot_step_floor > 0:
+            adjust[1] = self._step_floor(tpot, candidates, adjust[1])
         e2e = (
             _predict(model.e2e, wide, offsets[2], margin("e2e", 0.0), adjust[2])
             if need_e2e
@@ -436,6 +441,25 @@ class LatencyPredictor:
                 strict=False,  # a repeat() has no length; the lists have n items each
             )
         ]
+
+    def _step_floor(
+        self, tpot: list[float], candidates: Sequence[Candidate], adjust: np.ndarray | None
+    ) -> np.ndarray | None:
+        """Raise each TPOT prediction (in place) to ``tpot_step_floor`` x its endpoint's live
+        step interval; the log factors applied, ``adjust`` included."""
+        factor = self.tpot_step_floor
+        raised: np.ndarray | None = None
+        for i, c in enumerate(candidates):
+            steps = c.steps
+            if steps is None or steps.interval_s <= 0:
+                continue
+            floor = factor * steps.interval_s
+            if tpot[i] < floor:
+                if raised is None:
+                    raised = np.zeros(len(tpot)) if adjust is None else adjust.copy()
+                raised[i] += math.log(floor / tpot[i]) if tpot[i] > 0 else 0.0
+                tpot[i] = floor
+        return adjust if raised is None else raised
 
     def _cached(self, model: PredictorModel | None) -> _ModelCache:
         """Per-model lookups, rebuilt when another generation is installed."""
@@ -485,7 +509,7 @@ class LatencyPredictor:
             model,
             stream,
             now,
-            None if prediction is None or prediction.estimated else prediction,
+            prediction,
             margins,
             None if prediction is None else prediction.ttft_s,
         )
@@ -506,6 +530,8 @@ class LatencyPredictor:
         if ttft > 0:
             work = estimate.work_of(pending.row, self.typical_prompt)
             self.units.observe(pending.endpoint, math.log(ttft / work))
+        if pending.prediction is not None and pending.prediction.estimated:
+            return  # an estimated TTFT is not the model's: nothing to score or drift
         self._drifted("ttft", pending, ttft)
         if pending.prediction is not None and pending.prediction.ttft_s is not None:
             self._score("ttft", pending.prediction.ttft_s, ttft, pending.margins)

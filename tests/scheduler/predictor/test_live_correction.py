@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -17,9 +18,11 @@ import numpy as np
 import pytest
 
 from scheduler.framework.attributes import Prediction
-from scheduler.framework.types import Candidate
+from scheduler.framework.types import Candidate, StepTiming
 from scheduler.predictor.drift import MAX_LOG_DRIFT, LiveDrift, dead_band_array
+from scheduler.predictor.model import PredictorModel
 from scheduler.predictor.runtime import DRIFT_DEAD_BAND, LatencyPredictor
+from scheduler.predictor.training import TARGET_COLUMNS
 from tests.scheduler.predictor.test_accuracy_prefill_wait import model_with_offsets, record
 from tests.support.builders import FakeClock, make_candidate, make_request
 
@@ -187,3 +190,59 @@ def test_estimates_do_not_train_the_accuracy_or_the_calibration() -> None:
     assert len(predictor.units) == 1
     window = predictor.windows["ttft"]
     assert len(window) + window.test_size == 20  # the samples still train the model
+
+
+def model_with_tpot() -> PredictorModel:
+    """``model_with_offsets``' TTFT model, plus a TPOT model of the same trees."""
+    model = model_with_offsets({})
+    assert model.ttft is not None
+    tpot = dataclasses.replace(model.ttft, target="tpot", columns=TARGET_COLUMNS["tpot"])
+    return dataclasses.replace(model, tpot=tpot)
+
+
+def tpots(predictor: LatencyPredictor, candidates: list[Candidate]) -> list[Prediction]:
+    request = make_request(prompt_tokens=range(100))
+    predictions = predictor.predict(predictor.feature_rows(request, candidates), candidates)
+    assert predictions is not None
+    return predictions
+
+
+def test_tpot_is_at_least_the_live_step_interval_times_the_floor() -> None:
+    clock = FakeClock()
+    predictor = LatencyPredictor(clock=clock, rng=random.Random(0), tpot_step_floor=1.2)
+    predictor.install(model_with_tpot())
+    pool = [make_candidate("busy"), make_candidate("calm"), make_candidate("quiet")]
+    base = tpots(predictor, pool)[0].tpot_s
+    assert base is not None
+    pool[0].steps = StepTiming(last_chunk_at=clock(), interval_s=10 * base)
+    pool[1].steps = StepTiming(last_chunk_at=clock(), interval_s=0.5 * base)
+    busy, calm, quiet = tpots(predictor, pool)
+    assert busy.tpot_s == pytest.approx(12 * base)
+    assert busy.adjust[1] == pytest.approx(math.log(12))  # the model's own value is recoverable
+    assert calm.tpot_s == pytest.approx(base)  # above its floor: the model's value stands
+    assert quiet.tpot_s == pytest.approx(base)  # nothing relayed from it: no floor
+    off = LatencyPredictor(clock=clock, rng=random.Random(0))
+    off.install(model_with_tpot())
+    assert tpots(off, pool)[0].tpot_s == pytest.approx(base)
+
+
+def test_model_tpot_beside_an_estimated_ttft_is_scored_and_drifts() -> None:
+    clock = FakeClock()
+    predictor = LatencyPredictor(clock=clock, rng=random.Random(0))
+    model = dataclasses.replace(model_with_tpot(), beats_heuristic=False)
+    predictor.install(model)
+    pool = [make_candidate("a"), make_candidate("b")]
+    request = make_request(prompt_tokens=range(100), request_id="r")
+    rows = predictor.feature_rows(request, pool)
+    predictions = predictor.predict(rows, pool, stream=True, model_tpot=True)
+    assert predictions is not None
+    assert predictions[0].estimated
+    assert predictions[0].tpot_s is not None
+    assert predictor.predict(rows, pool, stream=True)[0].tpot_s is None  # type: ignore[index]
+    predictor.dispatched("r", rows[0], "a", model="m", stream=True, prediction=predictions[0])
+    clock.advance(0.3)
+    predictor.first_token("r", clock())
+    predictor.finished("r", record("r", "a"))
+    assert len(predictor.drift["ttft"]) == 0  # the estimate is not the model's TTFT
+    assert len(predictor.drift["tpot"]) == 1
+    assert predictor.accuracy().samples == 0
