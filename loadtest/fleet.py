@@ -38,7 +38,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -297,6 +297,7 @@ class ClientRecord:
 
 
 CUT_ERROR = "cut: unfinished at the drain deadline"
+JSON_HEADERS: Mapping[str, str] = {"content-type": "application/json"}
 
 
 async def _send(
@@ -305,6 +306,7 @@ async def _send(
     arrival: Arrival,
     body: bytes,
     deadline: float | None = None,
+    headers: Mapping[str, str] = JSON_HEADERS,
 ) -> ClientRecord:
     scanner = SseScanner(expect_usage=True)
     sent = time.monotonic()
@@ -312,9 +314,7 @@ async def _send(
     try:
         async with asyncio.timeout(None if deadline is None else deadline - sent):
             try:
-                async with session.post(
-                    url, data=body, headers={"content-type": "application/json"}
-                ) as resp:
+                async with session.post(url, data=body, headers=headers) as resp:
                     status = resp.status
                     endpoint = resp.headers.get("x-slogate-endpoint", "")
                     async for chunk in resp.content.iter_any():
@@ -344,12 +344,22 @@ async def _send(
 
 
 async def drive(
-    url: str, spec: WorkloadSpec, start_at: float, drain_s: float | None = None
+    url: str,
+    spec: WorkloadSpec,
+    start_at: float,
+    drain_s: float | None = None,
+    headers: Sequence[Mapping[str, str]] | None = None,
 ) -> list[ClientRecord]:
     """Send every arrival at ``start_at + at_s`` (monotonic) and wait for all of them, or,
     with ``drain_s``, until ``drain_s`` after the workload's end, cancelling what still runs
-    then (recorded with ``cut``)."""
+    then (recorded with ``cut``). ``headers``, one mapping per arrival (by index), are sent
+    with it besides the content type (e.g. latency objectives)."""
     arrivals = spec.arrivals()
+    if headers is not None and len(headers) != len(arrivals):
+        raise ValueError(f"{len(headers)} header sets for {len(arrivals)} arrivals")
+    per_arrival = [
+        JSON_HEADERS if headers is None else {**JSON_HEADERS, **headers[a.index]} for a in arrivals
+    ]
     prompts = PromptMaker(spec)
     bodies = [orjson.dumps(request_body(a, prompts.ids(a))) for a in arrivals]
     deadline = None if drain_s is None else start_at + spec.duration_s + drain_s
@@ -357,21 +367,33 @@ async def drive(
     timeout = aiohttp.ClientTimeout(total=None, sock_read=300)
     tasks: list[asyncio.Task[ClientRecord]] = []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        for arrival, body in zip(arrivals, bodies, strict=True):
+        for arrival, body, sent_headers in zip(arrivals, bodies, per_arrival, strict=True):
             delay = start_at + arrival.at_s - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_send(session, url, arrival, body, deadline)))
+            tasks.append(
+                asyncio.create_task(_send(session, url, arrival, body, deadline, sent_headers))
+            )
         return list(await asyncio.gather(*tasks))
 
 
 async def run_driver(
-    url: str, spec: WorkloadSpec, *, start_at: float, drain_s: float | None = None
+    url: str,
+    spec: WorkloadSpec,
+    *,
+    start_at: float,
+    drain_s: float | None = None,
+    headers: Sequence[Mapping[str, str]] | None = None,
 ) -> list[ClientRecord]:
-    """Run the driver subprocess against ``url`` and return its records."""
+    """Run the driver subprocess against ``url`` and return its records (``headers``: extra
+    request headers per arrival, as for :func:`drive`)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "records.json"
-        drain = [] if drain_s is None else ["--drain-s", repr(drain_s)]
+        options = [] if drain_s is None else ["--drain-s", repr(drain_s)]
+        if headers is not None:
+            headers_path = Path(tmp) / "headers.json"
+            headers_path.write_text(json.dumps([dict(h) for h in headers]))
+            options += ["--headers", str(headers_path)]
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -385,7 +407,7 @@ async def run_driver(
             repr(start_at),
             "--out",
             str(out),
-            *drain,
+            *options,
         )
         if await proc.wait() != 0:
             raise RuntimeError(f"the driver exited with {proc.returncode}")
@@ -665,6 +687,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     drv.add_argument("--start-at", type=float, required=True, help="time.monotonic() of t=0")
     drv.add_argument("--out", type=Path, required=True)
     drv.add_argument("--drain-s", type=float, help="cancel what still runs this long after")
+    drv.add_argument("--headers", type=Path, help="JSON list of extra headers, one per arrival")
     args = parser.parse_args(argv)
     loop = new_event_loop()
     try:
@@ -673,7 +696,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             spec = WorkloadSpec.from_json(args.spec)
             url = f"{args.url}/v1/completions"
-            records = loop.run_until_complete(drive(url, spec, args.start_at, args.drain_s))
+            headers = None if args.headers is None else json.loads(args.headers.read_text())
+            records = loop.run_until_complete(
+                drive(url, spec, args.start_at, args.drain_s, headers)
+            )
             args.out.write_text(json.dumps([asdict(r) for r in records]))
     finally:
         loop.close()
