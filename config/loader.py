@@ -19,7 +19,13 @@ from typing import Any, TypeVar
 import yaml
 
 from config.errors import ConfigError
-from config.model import DEFAULT_PRESET, GatewayConfig, SchedulingConfig, SloConfig
+from config.model import (
+    DEFAULT_PRESET,
+    GatewayConfig,
+    SchedulingConfig,
+    ServerConfig,
+    SloConfig,
+)
 
 T = TypeVar("T")
 
@@ -45,9 +51,24 @@ def from_yaml(text: str) -> GatewayConfig:
 
 def from_mapping(raw: object) -> GatewayConfig:
     cfg = decode(GatewayConfig, raw, "")
+    check_server(cfg.server, "server")
     check_scheduling(cfg.scheduling, "scheduling")
     check_slo(cfg.slo, "slo")
     return cfg
+
+
+def check_server(cfg: ServerConfig, path: str) -> None:
+    for field in ("passthrough_get", "passthrough_post"):
+        seen: set[str] = set()
+        for i, route in enumerate(getattr(cfg, field)):
+            where = f"{path}.{field}[{i}]"
+            if not route.startswith("/") or any(c in route for c in "{}?# \t"):
+                raise ConfigError(
+                    where, route, "must be a plain path starting with / (no query, no {})"
+                )
+            if route in seen:
+                raise ConfigError(where, route, "is listed twice")
+            seen.add(route)
 
 
 def check_slo(cfg: SloConfig, path: str) -> None:

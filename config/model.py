@@ -27,6 +27,16 @@ class ServerConfig:
     shutdown_timeout_s: float = _bounded(30.0, ge=0)
     """On SIGTERM: readiness turns false, in-flight requests get this long to finish."""
     access_log: bool = False
+    passthrough_get: tuple[str, ...] = ("/version",)
+    """GET paths of the model servers' API relayed untouched to one usable endpoint (the
+    others get 404)."""
+    passthrough_post: tuple[str, ...] = ("/tokenize", "/detokenize")
+    """POST paths relayed untouched to an endpoint serving the body's ``model`` (any usable
+    endpoint when it names none)."""
+    max_response_ids: int = _bounded(100_000, ge=0)
+    """Responses API: how many recent response ids the gateway remembers the endpoint of, so
+    that ``previous_response_id`` and ``GET /v1/responses/{id}`` reach the pod that stores the
+    response (LRU); 0: none."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

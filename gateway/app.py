@@ -27,7 +27,9 @@ from gateway.deps import Dependencies
 from gateway.director import Director
 from gateway.keys import gateway_key
 from gateway.middlewares import make_error_middleware
+from gateway.passthrough import Passthrough
 from gateway.predictor_telemetry import PredictorMetrics, PredictorStateCollector
+from gateway.response_pods import ResponsePods
 from gateway.routes import setup_routes
 from gateway.telemetry import GatewayMetrics
 from gateway.tokenizer import PromptEncoder, load_tokenizer
@@ -96,6 +98,16 @@ class Gateway:
         self._control_session_factory = deps.control_session_factory
         self._session: aiohttp.ClientSession | None = None
         self._control_session: aiohttp.ClientSession | None = None
+        self.response_pods = ResponsePods(cfg.server.max_response_ids)
+        """The endpoint of each recent Responses API response (``previous_response_id``)."""
+        self.passthrough = Passthrough(
+            cfg=cfg,
+            store=self.store,
+            session=self.session,
+            metrics=self.metrics,
+            clock=deps.clock,
+            rng=deps.rng,
+        )
         self.director = Director(
             cfg=cfg,
             store=self.store,
@@ -106,6 +118,7 @@ class Gateway:
             observers=deps.observers,
             clock=deps.clock,
             rng=deps.rng,
+            response_pods=self.response_pods,
         )
 
     def endpoint_shapes(self) -> dict[str, str]:

@@ -5,6 +5,12 @@ header hygiene and SSE scanning live in their own modules. Every dispatched atte
 exactly one :class:`RequestRecord` published to the observers (metrics, scheduler plugins,
 the predictor's trainer), whatever happened: success, upstream failure, timeout or the client
 going away. Bookkeeping runs in ``finally`` blocks that never await.
+
+Every kind of inference request (``Api``: completions, chat, responses, and the pooling kinds)
+takes this one path. A Responses request naming a ``previous_response_id`` whose pod this
+gateway knows goes to that pod only (``gateway.response_pods``): scheduled with it as the only
+candidate, so producers, admission and the bookkeeping of the pick still run; if that pod has
+left the pool or is down, a 404 says its state is gone.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from gateway.flow_control import AdmissionQueue
 from gateway.objectives import Objectives
 from gateway.parsing import ParsedRequest, parse_request
 from gateway.proxy import REQUEST_ID_HEADER, downstream_headers, upstream_headers
-from gateway.streaming import SseScanner, scan_json_body
+from gateway.response_pods import ResponsePods, pod_gone
+from gateway.streaming import ResponsesScanner, SseScanner, scan_json_body, scan_usage_only
 from gateway.telemetry import GatewayMetrics
 from gateway.tokenizer import PromptEncoder
 from scheduler.datalayer.store import EndpointStore
@@ -67,6 +74,7 @@ class _Attempt:
     status: int = 0
     outcome: Outcome = Outcome.UPSTREAM_ERROR
     ended: bool = False
+    response_learned: bool = False
 
 
 class Director:
@@ -82,6 +90,7 @@ class Director:
         observers: Sequence[RequestObserver],
         clock: Callable[[], float],
         rng: random.Random,
+        response_pods: ResponsePods | None = None,
     ) -> None:
         self._cfg = cfg
         self._store = store
@@ -91,6 +100,9 @@ class Director:
         self._metrics = metrics
         self._observers: tuple[RequestObserver, ...] = (scheduler, metrics, *observers)
         self._clock = clock
+        self._response_pods = (
+            ResponsePods(cfg.server.max_response_ids) if response_pods is None else response_pods
+        )
         self._objectives = Objectives(cfg.slo)
         queue = cfg.slo.queue
         self._queue = (
@@ -132,8 +144,11 @@ class Director:
             explain=explain or logger.isEnabledFor(logging.DEBUG),
             received_at=received_at,
             headers=request.headers,
+            n=parsed.n,
+            batch_size=parsed.batch_size,
+            base_model=self._store.adapter_parent(parsed.model),
         )
-        result = await self._admit(ireq)
+        result = await self._admit(ireq, self._pinned(parsed.previous_response_id))
         self._metrics.dispatch.observe(self._clock() - received_at)
         if ireq.explain and logger.isEnabledFor(logging.DEBUG):
             logger.debug(
@@ -144,6 +159,15 @@ class Director:
         return await self._dispatch(
             request, body, ireq, result, client_id, parsed.include_usage, extra
         )
+
+    def _pinned(self, previous_response_id: str | None) -> tuple[str, str] | None:
+        """(response id, endpoint) when the request continues a response this gateway saw
+        produced: that endpoint holds the state. Unknown ids are routed as usual (the endpoint
+        chosen answers the 404 itself)."""
+        if previous_response_id is None:
+            return None
+        endpoint = self._response_pods.endpoint_of(previous_response_id)
+        return None if endpoint is None else (previous_response_id, endpoint)
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self._cfg.server.max_body_bytes
@@ -164,16 +188,21 @@ class Director:
             return await loop.run_in_executor(None, self._encoder.encode, parsed.segments)
         return self._encoder.encode(parsed.segments)
 
-    async def _admit(self, ireq: InferenceRequest) -> SchedulingResult:
+    async def _admit(
+        self, ireq: InferenceRequest, pinned: tuple[str, str] | None = None
+    ) -> SchedulingResult:
         """Schedule the request, through the admission queue when flow control is on; a
-        refusal becomes a 429 with llm-d's reason header."""
+        refusal becomes a 429 with llm-d's reason header. ``pinned``: (response id, endpoint)
+        when the request must go to the endpoint holding that response."""
         queue = self._queue
         try:
             if queue is None:
-                return self._schedule(ireq)
+                return self._schedule(ireq, pinned)
             started = self._clock()
             try:
-                result, waited = await queue.admit(ireq.priority, lambda: self._schedule(ireq))
+                result, waited = await queue.admit(
+                    ireq.priority, lambda: self._schedule(ireq, pinned)
+                )
             except AdmissionDenied as exc:
                 self._metrics.queue_waited(ireq.priority, exc.reason, self._clock() - started)
                 raise
@@ -199,9 +228,18 @@ class Director:
                 },
             ) from exc
 
-    def _schedule(self, ireq: InferenceRequest) -> SchedulingResult:
+    def _schedule(
+        self, ireq: InferenceRequest, pinned: tuple[str, str] | None = None
+    ) -> SchedulingResult:
         now = self._clock()
-        candidates = self._store.candidates(ireq.model, now)
+        if pinned is not None:
+            response_id, endpoint = pinned
+            only = self._store.candidate(endpoint, now)
+            if only is None:
+                raise pod_gone(response_id, endpoint, param="previous_response_id")
+            candidates: Sequence[Candidate] = [only]
+        else:
+            candidates = self._store.candidates(ireq.model, now)
         if not candidates:
             known = self._store.models()
             if known and ireq.model not in known:
@@ -282,23 +320,37 @@ class Director:
         target = result.target
         match = target.attributes.get(PREFIX_MATCH)
         uncached = match.uncached_tokens(ireq.prompt_len) if match else ireq.prompt_len
-        self._store.inflight.dispatched(ireq.request_id, target.name, uncached)
+        self._store.inflight.dispatched(ireq.request_id, target.name, uncached, ireq.sequences)
         self._scheduler.pre_request(ireq, result)
         return _Attempt(
             candidate=target,
             dispatched_at=self._clock(),
-            scanner=SseScanner(expect_usage=expect_usage),
+            scanner=(
+                ResponsesScanner()
+                if ireq.api is Api.RESPONSES
+                else SseScanner(expect_usage=expect_usage)
+            ),
         )
 
     def _first_token(self, ireq: InferenceRequest, attempt: _Attempt, now: float) -> None:
         self._store.inflight.first_token(ireq.request_id)
+        self._learn_response(attempt)
         for observer in self._observers:
             observer.on_first_token(ireq, attempt.candidate.name, now)
+
+    def _learn_response(self, attempt: _Attempt) -> None:
+        """Remember which endpoint produced a Responses API response, once its id is known
+        (a stream's ``response.created`` precedes its first token)."""
+        response_id = attempt.scanner.response_id
+        if response_id is not None and not attempt.response_learned and attempt.status < 400:
+            attempt.response_learned = True
+            self._response_pods.remember(response_id, attempt.candidate.name)
 
     def _end(self, ireq: InferenceRequest, attempt: _Attempt) -> None:
         if attempt.ended:
             return
         attempt.ended = True
+        self._learn_response(attempt)
         self._store.inflight.finished(ireq.request_id)
         if self._queue is not None:
             self._queue.room_freed()
@@ -319,6 +371,7 @@ class Director:
             cached_tokens=scanner.cached_tokens,
             predicted_ttft_s=None if prediction is None else prediction.ttft_s,
             predicted_tpot_s=None if prediction is None else prediction.tpot_s,
+            sequences=ireq.sequences,
         )
         for observer in self._observers:
             observer.on_end(ireq, record)
@@ -380,7 +433,11 @@ class Director:
             attempt.outcome = Outcome.CLIENT_DISCONNECTED
             raise
         if upstream.status < 400:
-            scan_json_body(body, attempt.scanner)
+            if ireq.api.generates:
+                scan_json_body(body, attempt.scanner)
+                self._learn_response(attempt)
+            else:
+                scan_usage_only(body, attempt.scanner)
             attempt.outcome = Outcome.SUCCESS
         return web.Response(status=upstream.status, body=body, headers=headers)
 

@@ -1,8 +1,20 @@
-"""Parse an OpenAI request body once, validating only what routing needs.
+"""Parse an OpenAI (or vLLM) request body once, validating only what routing needs.
 
 The body is decoded with orjson a single time; the original bytes are what gets forwarded.
 Fields the gateway does not use are not validated: the model server owns them and answers
-with its own errors.
+with its own errors. What routing needs, per kind of request (``Api``):
+
+- every kind: ``model`` (a non-empty string);
+- completions: ``prompt`` (a string, strings, token ids or token-id lists: a list of several
+  is a batch), ``n``, ``max_tokens``, ``stream``, ``stream_options.include_usage``;
+- chat: ``messages`` (+ ``tools``), ``n``, ``max_completion_tokens`` / ``max_tokens``, ``stream``;
+- responses: ``input`` (a string or a list of items: messages with string or part-list
+  content, function calls and their outputs, reasoning), ``instructions``, ``tools``,
+  ``max_output_tokens``, ``stream``, ``previous_response_id``;
+- pooling kinds (embeddings, pooling, classify, score, rerank): their inputs, see
+  :mod:`gateway.pooling_inputs`; never streamed.
+
+A malformed field is a 400 whose message and ``param`` name it (``input[2].content``).
 """
 
 from __future__ import annotations
@@ -14,7 +26,9 @@ from typing import Any
 import orjson
 
 from gateway.errors import BadRequestError
-from gateway.tokenizer import chat_segments
+from gateway.pooling_inputs import pooling_prompt, prompt_batch
+from gateway.request_fields import chat_messages, required, type_error
+from gateway.tokenizer import chat_segments, message_text
 from scheduler.framework.types import Api
 
 
@@ -28,6 +42,10 @@ class ParsedRequest:
     segments: list[str]
     """The prompt as text pieces to tokenize (chat: ChatML pieces); empty when ids were given."""
     prompt_ids: list[int] | None
+    n: int = 1
+    batch_size: int = 1
+    """Prompts in the request; ``segments`` / ``prompt_ids`` hold all of them in order."""
+    previous_response_id: str | None = None
 
     @property
     def prompt_chars(self) -> int:
@@ -35,6 +53,63 @@ class ParsedRequest:
 
 
 def parse_request(body: bytes, api: Api) -> ParsedRequest:
+    data = load_json_object(body)
+    model = required(data, "model")
+    if not isinstance(model, str) or not model:
+        raise type_error("model", "a non-empty string")
+    if not api.generates:
+        segments, ids, batch = pooling_prompt(data, api)
+        return ParsedRequest(
+            api=api,
+            model=model,
+            stream=False,
+            max_tokens=None,
+            include_usage=False,
+            segments=segments,
+            prompt_ids=ids,
+            batch_size=batch,
+        )
+    stream = data.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise type_error("stream", "a boolean")
+    if api is Api.RESPONSES:
+        return ParsedRequest(
+            api=api,
+            model=model,
+            stream=stream,
+            max_tokens=_max_tokens(data, "max_output_tokens"),
+            include_usage=False,
+            segments=_responses_prompt(data),
+            prompt_ids=None,
+            previous_response_id=_previous_response_id(data),
+        )
+    include_usage = _include_usage(data.get("stream_options"))
+    max_tokens = _max_tokens(data, "max_tokens")
+    batch = 1
+    if api is Api.CHAT:
+        chat_max = _max_tokens(data, "max_completion_tokens")
+        max_tokens = chat_max if chat_max is not None else max_tokens
+        segments = _chat_prompt(data)
+        prompt_ids = None
+    else:
+        segments, prompt_ids, batch = prompt_batch(required(data, "prompt"), "prompt")
+    return ParsedRequest(
+        api=api,
+        model=model,
+        stream=stream,
+        max_tokens=max_tokens,
+        include_usage=include_usage,
+        segments=segments,
+        prompt_ids=prompt_ids,
+        n=_n(data),
+        batch_size=batch,
+    )
+
+
+def load_json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 ``invalid_json``."""
     if not body:
         raise BadRequestError("request body is empty; expected a JSON object", code="invalid_json")
     try:
@@ -45,46 +120,7 @@ def parse_request(body: bytes, api: Api) -> ParsedRequest:
         ) from exc
     if not isinstance(data, dict):
         raise BadRequestError("request body must be a JSON object", code="invalid_json")
-
-    model = _required(data, "model")
-    if not isinstance(model, str) or not model:
-        raise _type_error("model", "a non-empty string")
-    stream = data.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise _type_error("stream", "a boolean")
-    include_usage = _include_usage(data.get("stream_options"))
-    max_tokens = _max_tokens(data, "max_tokens")
-    if api is Api.CHAT:
-        chat_max = _max_tokens(data, "max_completion_tokens")
-        max_tokens = chat_max if chat_max is not None else max_tokens
-        segments = _chat_prompt(data)
-        prompt_ids = None
-    else:
-        text, prompt_ids = _completion_prompt(_required(data, "prompt"))
-        segments = [] if text is None else [text]
-    return ParsedRequest(
-        api=api,
-        model=model,
-        stream=stream,
-        max_tokens=max_tokens,
-        include_usage=include_usage,
-        segments=segments,
-        prompt_ids=prompt_ids,
-    )
-
-
-def _required(data: Mapping[str, Any], field: str) -> Any:
-    if field not in data or data[field] is None:
-        raise BadRequestError(
-            f"missing required parameter: '{field}'", code="missing_required_parameter", param=field
-        )
-    return data[field]
-
-
-def _type_error(field: str, expected: str) -> BadRequestError:
-    return BadRequestError(f"'{field}' must be {expected}", code="invalid_type", param=field)
+    return data
 
 
 def _max_tokens(data: Mapping[str, Any], field: str) -> int | None:
@@ -92,9 +128,20 @@ def _max_tokens(data: Mapping[str, Any], field: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _type_error(field, "an integer")
+        raise type_error(field, "an integer")
     if value < 1:
         raise BadRequestError(f"'{field}' must be at least 1", param=field)
+    return value
+
+
+def _n(data: Mapping[str, Any]) -> int:
+    value = data.get("n")
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise type_error("n", "an integer")
+    if value < 1:
+        raise BadRequestError("'n' must be at least 1", param="n")
     return value
 
 
@@ -102,56 +149,83 @@ def _include_usage(options: Any) -> bool:
     if options is None:
         return False
     if not isinstance(options, dict):
-        raise _type_error("stream_options", "an object")
+        raise type_error("stream_options", "an object")
     include = options.get("include_usage", False)
     if include is None:
         return False
     if not isinstance(include, bool):
-        raise _type_error("stream_options.include_usage", "a boolean")
+        raise type_error("stream_options.include_usage", "a boolean")
     return include
 
 
-def _chat_prompt(data: Mapping[str, Any]) -> list[str]:
-    messages = _required(data, "messages")
-    if not isinstance(messages, list) or not messages:
-        raise _type_error("messages", "a non-empty array of message objects")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise _type_error(f"messages[{i}]", "an object")
-        role = message.get("role")
-        if not isinstance(role, str):
-            raise _type_error(f"messages[{i}].role", "a string")
-        content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise _type_error(f"messages[{i}].content", "a string or an array of content parts")
+def _tools(data: Mapping[str, Any]) -> list[Any] | None:
     tools = data.get("tools")
     if tools is not None and not isinstance(tools, list):
-        raise _type_error("tools", "an array")
-    return chat_segments(messages, tools)
+        raise type_error("tools", "an array")
+    return tools
 
 
-def _completion_prompt(prompt: Any) -> tuple[str | None, list[int] | None]:
-    """``prompt`` as a string, strings, token ids, or lists of token ids (OpenAI's four forms).
-
-    A batch (several prompts) goes to one endpoint as one request; its prompts are joined for
-    counting and for the prefix index, which only the first one's prefix really benefits.
-    """
-    if isinstance(prompt, str):
-        return prompt, None
-    if isinstance(prompt, list) and prompt:
-        if all(isinstance(p, str) for p in prompt):
-            return "".join(prompt), None
-        if all(_is_token_id(t) for t in prompt):
-            return None, prompt
-        if all(isinstance(p, list) and p for p in prompt) and all(
-            _is_token_id(t) for p in prompt for t in p
-        ):
-            return None, [t for p in prompt for t in p]
-    raise _type_error(
-        "prompt",
-        "a string, an array of strings, an array of token ids or an array of token-id arrays",
-    )
+def _chat_prompt(data: Mapping[str, Any]) -> list[str]:
+    return chat_segments(chat_messages(data), _tools(data))
 
 
-def _is_token_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 32
+# -- the Responses API ---------------------------------------------------------------------
+def _previous_response_id(data: Mapping[str, Any]) -> str | None:
+    value = data.get("previous_response_id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise type_error("previous_response_id", "a non-empty string")
+    return value
+
+
+def _responses_prompt(data: Mapping[str, Any]) -> list[str]:
+    """``instructions`` and ``input`` rendered as chat messages, as vLLM renders them: the
+    instructions as a system message first, a string input as one user message."""
+    messages: list[dict[str, Any]] = []
+    instructions = data.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise type_error("instructions", "a string")
+        messages.append({"role": "system", "content": instructions})
+    items = required(data, "input")
+    if isinstance(items, str):
+        messages.append({"role": "user", "content": items})
+    elif isinstance(items, list):
+        for i, item in enumerate(items):
+            message = _response_item(item, i)
+            if message is not None:
+                messages.append(message)
+    else:
+        raise type_error("input", "a string or an array of input items")
+    return chat_segments(messages, _tools(data))
+
+
+def _response_item(item: Any, i: int) -> dict[str, Any] | None:
+    """One ``input`` item as a chat message (``None`` for items that carry no prompt text)."""
+    field = f"input[{i}]"
+    if not isinstance(item, dict):
+        raise type_error(field, "an object")
+    kind = item.get("type")
+    if kind is not None and not isinstance(kind, str):
+        raise type_error(f"{field}.type", "a string")
+    if kind is None or kind == "message":
+        role = item.get("role")
+        if not isinstance(role, str):
+            raise type_error(f"{field}.role", "a string")
+        content = item.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise type_error(f"{field}.content", "a string or an array of content parts")
+        return {"role": role, "content": content}
+    if kind == "function_call":
+        name, arguments = item.get("name"), item.get("arguments")
+        text = (name if isinstance(name, str) else "") + (
+            arguments if isinstance(arguments, str) else ""
+        )
+        return {"role": "assistant", "content": text}
+    if kind == "function_call_output":
+        return {"role": "tool", "content": message_text(item.get("output"))}
+    if kind == "reasoning":
+        text = message_text(item.get("summary")) + message_text(item.get("content"))
+        return {"role": "assistant", "content": text}
+    return None  # item references, tool calls of other kinds: the model server resolves them

@@ -78,6 +78,13 @@ class GatewayMetrics:
             model_labels,
             buckets=TPOT_BUCKETS,
         )
+        self.pooling_duration = self._histogram(
+            "slogate_pooling_request_duration_seconds",
+            "Latency of successful pooling requests (embeddings, pooling, classify, score, "
+            "rerank), from dispatch to the last byte, by model and route kind.",
+            ("model_name", "route"),
+            buckets=GENERAL_BUCKETS,
+        )
         self.input_tokens = self._histogram(
             "inference_objective_input_tokens",
             "Prompt tokens per request (the gateway's count).",
@@ -202,6 +209,7 @@ class GatewayMetrics:
         self._plugin_children: dict[tuple[str, str, str], Any] = {}
         self._model_children: dict[str, _ModelChildren] = {}
         self._http_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._pooling_children: dict[tuple[str, str], Any] = {}
 
     def _counter(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> LoopCounter:
         counter = LoopCounter(name, doc, labelnames)
@@ -235,6 +243,12 @@ class GatewayMetrics:
         if record.outcome is not Outcome.SUCCESS:
             self.request_errors.labels(record.model, record.model, record.outcome.value).inc()
         m.duration.observe(record.ended_at - request.received_at)
+        if not request.api.generates and record.outcome is Outcome.SUCCESS:
+            key = (record.model, request.api.value)
+            pooling = self._pooling_children.get(key)
+            if pooling is None:
+                pooling = self._pooling_children[key] = self.pooling_duration.labels(*key)
+            pooling.observe(record.e2e_s)
         m.input_tokens.observe(record.prompt_tokens)
         if record.completion_tokens:
             m.output_tokens.observe(record.completion_tokens)

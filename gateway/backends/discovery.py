@@ -1,5 +1,9 @@
 """Learn which models each endpoint serves from its ``/v1/models``.
 
+Each entry with a string ``id`` is a model of the endpoint; one with a string ``parent`` is a
+LoRA adapter loaded on top of that base model (vLLM lists adapters so, with ``root`` the
+adapter's path), which makes the adapter a model of that endpoint too.
+
 Polls every endpoint at start, then every ``models_refresh_s``; an endpoint whose models are
 still unknown is polled every second until it answers. Skipped entirely when the pool
 declares its models in config. A poll that fails in a way nobody foresaw is logged with its
@@ -20,7 +24,7 @@ import orjson
 from config import PoolConfig
 from gateway.backends.backoff import Backoff
 from gateway.telemetry import GatewayMetrics
-from scheduler.datalayer.store import EndpointStore
+from scheduler.datalayer.store import EndpointStore, ModelCard
 from scheduler.framework.types import Endpoint
 
 logger = logging.getLogger(__name__)
@@ -32,7 +36,7 @@ _UNEXPECTED_BACKOFF_CAP_S = 60.0
 
 async def fetch_models(
     session: aiohttp.ClientSession, endpoint: Endpoint, timeout_s: float
-) -> list[str]:
+) -> list[ModelCard]:
     async with session.get(
         f"{endpoint.url}/v1/models",
         headers={"Accept": "application/json"},
@@ -44,7 +48,15 @@ async def fetch_models(
     entries = data.get("data") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise ValueError("no 'data' list in the /v1/models answer")
-    return [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    return [
+        ModelCard(e["id"], _text(e.get("parent")), _text(e.get("root")))
+        for e in entries
+        if isinstance(e, dict) and isinstance(e.get("id"), str)
+    ]
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 async def run_discovery(
@@ -75,7 +87,14 @@ async def run_discovery(
             return
         store.set_models(endpoint.name, models)
         if not known.get(endpoint.name, False):
-            logger.info("endpoint.models", extra={"endpoint": endpoint.name, "models": models})
+            logger.info(
+                "endpoint.models",
+                extra={
+                    "endpoint": endpoint.name,
+                    "models": [m.id for m in models if m.parent is None],
+                    "adapters": {m.id: m.parent for m in models if m.parent is not None},
+                },
+            )
         known[endpoint.name] = True
 
     async def guarded_poll(endpoint: Endpoint) -> None:

@@ -21,6 +21,13 @@ Metric names (llm-d's):
 (*) of ``sglang:cache_config_info``, the metric llm-d's SGLang mapping reads; current SGLang
 exports the two gauges instead.
 
+LoRA state (vLLM only, optional): ``vllm:lora_requests_info``, a gauge whose labels carry the
+state and whose value is the time it was last current. Every combination seen stays exposed,
+so the series with the newest value is the current one (llm-d reads it so):
+``running_lora_adapters`` and ``waiting_lora_adapters`` (comma-separated adapter names) become
+``lora_running`` / ``lora_waiting``, ``max_lora`` (or ``max_loras``) becomes ``max_lora``.
+Absent (LoRA off, or no request yet): all three ``None``.
+
 The first three are required: without them :class:`ExpositionError` names the missing metric.
 One pod can expose several engines (vLLM data parallelism: one ``engine`` label value each;
 SGLang: one ``dp_rank`` each): counts, block counts and counters are summed across label sets,
@@ -66,6 +73,7 @@ class EngineMetricNames:
     num_blocks_gauge: str | None = None
     prefix_queries: str | None = None
     prefix_hits: str | None = None
+    lora_info: str | None = None
 
 
 ENGINES: Mapping[str, EngineMetricNames] = {
@@ -78,6 +86,7 @@ ENGINES: Mapping[str, EngineMetricNames] = {
         num_blocks_label="num_gpu_blocks",
         prefix_queries="vllm:prefix_cache_queries_total",
         prefix_hits="vllm:prefix_cache_hits_total",
+        lora_info="vllm:lora_requests_info",
     ),
     "sglang": EngineMetricNames(
         waiting="sglang:num_queue_reqs",
@@ -250,6 +259,7 @@ def _snapshot(index: _SampleSource, names: EngineMetricNames, now: float) -> End
     running = _required(index, (names.running,))
     kv = _required(index, names.kv_usage)
     block_size, num_blocks = _cache_config(index, names)
+    running_lora, waiting_lora, max_lora = _lora(index, names.lora_info)
     return EndpointMetrics(
         waiting=_count(sum(waiting), names.waiting),
         running=_count(sum(running), names.running),
@@ -259,7 +269,44 @@ def _snapshot(index: _SampleSource, names: EngineMetricNames, now: float) -> End
         num_gpu_blocks=num_blocks,
         prefix_cache_queries=_optional_sum(index, names.prefix_queries),
         prefix_cache_hits=_optional_sum(index, names.prefix_hits),
+        lora_running=running_lora,
+        lora_waiting=waiting_lora,
+        max_lora=max_lora,
     )
+
+
+_NO_LORA: tuple[None, None, None] = (None, None, None)
+
+
+def _lora(
+    index: _SampleSource, name: str | None
+) -> tuple[frozenset[str], frozenset[str], int | None] | tuple[None, None, None]:
+    """Running adapters, waiting adapters and ``max_lora`` from the newest LoRA info series."""
+    if name is None:
+        return _NO_LORA
+    newest: dict[str, str] | None = None
+    newest_at = -math.inf
+    for labels, value in index.samples(name):
+        if math.isfinite(value) and value >= newest_at:
+            newest, newest_at = labels, value
+    if newest is None:
+        return _NO_LORA
+    raw_max = newest.get("max_lora", newest.get("max_loras"))
+    try:
+        max_lora = int(float(raw_max)) if raw_max is not None else None
+    except (ValueError, OverflowError):  # "", "None", "nan", "inf"
+        max_lora = None
+    if max_lora is not None and max_lora < 0:
+        max_lora = None
+    return (
+        _adapter_names(newest.get("running_lora_adapters", "")),
+        _adapter_names(newest.get("waiting_lora_adapters", "")),
+        max_lora,
+    )
+
+
+def _adapter_names(label: str) -> frozenset[str]:
+    return frozenset(name for part in label.split(",") if (name := part.strip()))
 
 
 def _totals(samples: list[Sample]) -> Iterator[Sample]:

@@ -1,4 +1,4 @@
-"""``/v1/completions`` and ``/v1/chat/completions``: thin, the director tells the story."""
+"""Inference routes: thin, the director tells the story. One handler per kind of request."""
 
 from __future__ import annotations
 
@@ -14,3 +14,27 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await request.app[gateway_key].director.handle(request, Api.CHAT)
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    return await request.app[gateway_key].director.handle(request, Api.RESPONSES)
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await request.app[gateway_key].director.handle(request, Api.EMBEDDINGS)
+
+
+async def pooling(request: web.Request) -> web.StreamResponse:
+    return await request.app[gateway_key].director.handle(request, Api.POOLING)
+
+
+async def classify(request: web.Request) -> web.StreamResponse:
+    return await request.app[gateway_key].director.handle(request, Api.CLASSIFY)
+
+
+async def score(request: web.Request) -> web.StreamResponse:
+    return await request.app[gateway_key].director.handle(request, Api.SCORE)
+
+
+async def rerank(request: web.Request) -> web.StreamResponse:
+    return await request.app[gateway_key].director.handle(request, Api.RERANK)

@@ -33,13 +33,22 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
+    """The pool's models, as vLLM lists them: a LoRA adapter with its base model as
+    ``parent`` (and the ``root`` its pod reported)."""
     gw = request.app[gateway_key]
     return _json(
         {
             "object": "list",
             "data": [
-                {"id": name, "object": "model", "created": gw.started_at, "owned_by": "slogate"}
-                for name in gw.store.models()
+                {
+                    "id": card.id,
+                    "object": "model",
+                    "created": gw.started_at,
+                    "owned_by": "slogate",
+                    "root": card.root or card.id,
+                    "parent": card.parent,
+                }
+                for card in gw.store.model_cards()
             ],
         }
     )

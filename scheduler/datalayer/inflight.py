@@ -1,9 +1,11 @@
 """Gateway-side in-flight accounting per endpoint.
 
 Counts what the gateway dispatched and has not seen finish, which is fresher than any scrape:
-it changes the instant a request is dispatched. ``prefill_tokens`` holds the uncached prompt
-tokens of requests that have not produced a first token yet (they are still in prefill);
-they are released at the first token, or at the end for requests that never stream one.
+it changes the instant a request is dispatched. ``requests`` counts sequences: a request the
+model server runs as several (``n`` > 1, a batch of prompts) counts as that many, since each
+one takes a slot in its batch. ``prefill_tokens`` holds the uncached prompt tokens of requests
+that have not produced a first token yet (they are still in prefill); they are released at the
+first token, or at the end for requests that never stream one.
 
 It also times each endpoint's engine steps from the chunks the gateway relays (:meth:`chunk`,
 called by the director for every chunk of a streamed response that completes a token event).
@@ -50,6 +52,7 @@ class _Entry:
     endpoint: str
     prefill_tokens: int
     steps: _Steps
+    sequences: int
     last_chunk_at: float | None = None
     """This stream's latest chunk."""
 
@@ -87,17 +90,24 @@ class InflightTracker:
             return None
         return StepTiming(steps.last_chunk_at, steps.interval_s)
 
-    def dispatched(self, request_id: str, endpoint: str, prefill_tokens: int) -> None:
+    def dispatched(
+        self, request_id: str, endpoint: str, prefill_tokens: int, sequences: int = 1
+    ) -> None:
+        """``sequences``: how many the request counts as (``InferenceRequest.sequences``)."""
         if request_id in self._by_request:
             raise ValueError(f"request {request_id!r} is already in flight")
+        if sequences < 1:
+            raise ValueError(f"a request runs at least one sequence, got {sequences}")
         if self._leaving:
             self._leaving.discard(endpoint)  # back in the pool (the same address again)
         steps = self._steps.get(endpoint)
         if steps is None:
             steps = self._steps[endpoint] = _Steps()
-        self._by_request[request_id] = _Entry(endpoint, prefill_tokens, steps)
+        self._by_request[request_id] = _Entry(endpoint, prefill_tokens, steps, sequences)
         cur = self.load(endpoint)
-        self._loads[endpoint] = InflightLoad(cur.requests + 1, cur.prefill_tokens + prefill_tokens)
+        self._loads[endpoint] = InflightLoad(
+            cur.requests + sequences, cur.prefill_tokens + prefill_tokens
+        )
 
     def chunk(self, request_id: str, now: float) -> None:
         """A chunk of the request's streamed response was relayed at ``now`` (hot path)."""
@@ -134,9 +144,9 @@ class InflightTracker:
             entry.steps.streams -= 1
         cur = self.load(entry.endpoint)
         self._loads[entry.endpoint] = InflightLoad(
-            cur.requests - 1, cur.prefill_tokens - entry.prefill_tokens
+            cur.requests - entry.sequences, cur.prefill_tokens - entry.prefill_tokens
         )
-        if cur.requests == 1 and self._leaving and entry.endpoint in self._leaving:
+        if cur.requests == entry.sequences and self._leaving and entry.endpoint in self._leaving:
             self._leaving.discard(entry.endpoint)
             self.forget(entry.endpoint)
 

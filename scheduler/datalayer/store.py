@@ -11,6 +11,10 @@ Endpoint states:
 Candidates are the ``up`` endpoints serving the model; only when none is up, the ``unknown``
 ones (with ``metrics=None``, so scorers treat their load as unknown). ``down`` endpoints are
 never candidates until a scrape succeeds again.
+
+Models come from each endpoint's ``/v1/models``, one :class:`ModelCard` each. A LoRA adapter an
+endpoint lists (a card with a ``parent``) is a model of that endpoint like any other, so a
+request naming it goes only to endpoints that have it loaded.
 """
 
 from __future__ import annotations
@@ -29,16 +33,28 @@ class Health(enum.Enum):
     DOWN = "down"
 
 
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """One entry of an endpoint's ``/v1/models``."""
+
+    id: str
+    parent: str | None = None
+    """The base model, when ``id`` is a LoRA adapter loaded on top of it (vLLM's ``parent``)."""
+    root: str | None = None
+    """vLLM's ``root``: the base model's path, or the adapter's."""
+
+
 @dataclass(slots=True)
 class _State:
     endpoint: Endpoint
     metrics: EndpointMetrics | None = None
     down_since: float | None = None
     models: frozenset[str] | None = None
+    cards: tuple[ModelCard, ...] = ()
 
 
 class EndpointStore:
-    __slots__ = ("_order", "_states", "inflight", "staleness_s", "static_models")
+    __slots__ = ("_adapters", "_order", "_states", "inflight", "staleness_s", "static_models")
 
     def __init__(
         self,
@@ -49,6 +65,8 @@ class EndpointStore:
     ) -> None:
         self._states: dict[str, _State] = {}
         self._order: list[str] = []
+        self._adapters: dict[str, str] = {}
+        """LoRA adapter -> its base model, over every endpoint's cards."""
         for endpoint in endpoints:
             self.add(endpoint)
         self.staleness_s = staleness_s
@@ -68,6 +86,7 @@ class EndpointStore:
         if name in self._order:
             self._order.remove(name)
         self.inflight.forget(name)
+        self._index_adapters()
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -91,10 +110,22 @@ class EndpointStore:
         if state is not None and state.down_since is None:
             state.down_since = now
 
-    def set_models(self, name: str, models: Iterable[str]) -> None:
+    def set_models(self, name: str, models: Iterable[str | ModelCard]) -> None:
+        """What the endpoint serves: model names, or cards (with a LoRA adapter's parent)."""
         state = self._states.get(name)
         if state is not None:
-            state.models = frozenset(models)
+            cards = tuple(m if isinstance(m, ModelCard) else ModelCard(m) for m in models)
+            state.cards = cards
+            state.models = frozenset(c.id for c in cards)
+            self._index_adapters()
+
+    def _index_adapters(self) -> None:
+        self._adapters = {
+            card.id: card.parent
+            for state in self._states.values()
+            for card in state.cards
+            if card.parent is not None
+        }
 
     # -- readers ----------------------------------------------------------------------------
     def health(self, name: str, now: float) -> Health:
@@ -116,14 +147,28 @@ class EndpointStore:
         return models is not None and model in models
 
     def models(self) -> list[str]:
-        """Every model some endpoint serves, sorted."""
+        """Every model some endpoint serves (LoRA adapters included), sorted."""
+        return [card.id for card in self.model_cards()]
+
+    def model_cards(self) -> list[ModelCard]:
+        """One card per model some endpoint that is not down serves, sorted by id; an
+        adapter's card carries its parent (from the first endpoint that lists one)."""
         if self.static_models:
-            return sorted(self.static_models)
-        found: set[str] = set()
-        for state in self._states.values():
-            if state.models is not None and state.down_since is None:
-                found |= state.models
-        return sorted(found)
+            return [ModelCard(m) for m in sorted(self.static_models)]
+        found: dict[str, ModelCard] = {}
+        for name in self._order:
+            state = self._states[name]
+            if state.models is None or state.down_since is not None:
+                continue
+            for card in state.cards:
+                seen = found.get(card.id)
+                if seen is None or (seen.parent is None and card.parent is not None):
+                    found[card.id] = card
+        return [found[m] for m in sorted(found)]
+
+    def adapter_parent(self, model: str) -> str | None:
+        """The base model of ``model`` when some endpoint lists it as a LoRA adapter."""
+        return self._adapters.get(model)
 
     def usable(self, now: float) -> list[Endpoint]:
         """Endpoints that are not down and (with discovery) have announced their models."""
@@ -133,6 +178,21 @@ class EndpointStore:
             if self.health(n, now) is not Health.DOWN
             and (self.static_models or self._states[n].models is not None)
         ]
+
+    def candidate(self, name: str, now: float) -> Candidate | None:
+        """The named endpoint as a candidate, whatever it serves; ``None`` when it is not in
+        the pool or is down. For a request that must go to one endpoint (the one holding its
+        state), not for choosing among several."""
+        state = self._states.get(name)
+        if state is None:
+            return None
+        health = self.health(name, now)
+        if health is Health.DOWN:
+            return None
+        metrics = state.metrics if health is Health.UP else None
+        return Candidate(
+            state.endpoint, metrics, self.inflight.load(name), self.inflight.steps(name)
+        )
 
     def candidates(self, model: str, now: float) -> Sequence[Candidate]:
         fresh: list[Candidate] = []

@@ -121,8 +121,10 @@ class RequestRecord:
 
     TTFT is measured from dispatch (after scheduling) to the first response event that carries
     generated text or a token, so it is the model server's latency the predictor learns, not the
-    gateway's own. ``tpot_s`` is ``(ended_at - first_token_at) / (completion_tokens - 1)`` when at
-    least two tokens were seen.
+    gateway's own. ``tpot_s`` is ``(ended_at - first_token_at) / (tokens - 1)`` when each of the
+    request's ``sequences`` saw at least two tokens on average (``tokens`` =
+    ``completion_tokens / sequences``: the sequences of ``n`` > 1 or of a batch decode side by
+    side, so their tokens share the time).
     """
 
     request_id: str
@@ -141,6 +143,8 @@ class RequestRecord:
     predicted_ttft_s: float | None = None
     """What routing predicted for the endpoint that served it (``None``: no prediction)."""
     predicted_tpot_s: float | None = None
+    sequences: int = 1
+    """Sequences the request ran (``InferenceRequest.sequences``)."""
 
     @property
     def ttft_s(self) -> float | None:
@@ -154,9 +158,12 @@ class RequestRecord:
 
     @property
     def tpot_s(self) -> float | None:
-        if self.first_token_at is None or self.completion_tokens < 2:
+        if self.first_token_at is None:
             return None
-        return (self.ended_at - self.first_token_at) / (self.completion_tokens - 1)
+        tokens = self.completion_tokens / max(self.sequences, 1)
+        if tokens < 2:
+            return None
+        return (self.ended_at - self.first_token_at) / (tokens - 1)
 
 
 class RequestObserver(Protocol):

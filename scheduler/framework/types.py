@@ -40,6 +40,13 @@ class EndpointMetrics:
     """Cumulative prompt tokens looked up in the prefix cache (counter)."""
     prefix_cache_hits: float | None = None
     """Cumulative prompt tokens found in the prefix cache (counter)."""
+    lora_running: frozenset[str] | None = None
+    """LoRA adapters with a running request (vLLM's ``vllm:lora_requests_info``, its newest
+    series); ``None`` when the server reports no LoRA state."""
+    lora_waiting: frozenset[str] | None = None
+    """LoRA adapters with a waiting request; ``None`` when not reported."""
+    max_lora: int | None = None
+    """How many adapters may share a batch (``max_lora``); ``None`` when not reported."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +54,8 @@ class InflightLoad:
     """What the gateway itself has dispatched to an endpoint and not yet seen finish.
 
     Fresher than scraped metrics: it changes the instant a request is dispatched.
+    ``requests`` counts sequences: a request the model server runs as several (``n`` > 1, a
+    batch of prompts, several embedding inputs) counts as that many.
     ``prefill_tokens`` counts uncached prompt tokens of requests that have not produced their
     first token yet (still in prefill on the model server).
     """
@@ -92,8 +101,25 @@ NO_SLO = Slo()
 
 
 class Api(enum.Enum):
+    """The kind of inference request, one per family of OpenAI / vLLM routes."""
+
     COMPLETIONS = "completions"
     CHAT = "chat"
+    RESPONSES = "responses"
+    EMBEDDINGS = "embeddings"
+    POOLING = "pooling"
+    CLASSIFY = "classify"
+    SCORE = "score"
+    RERANK = "rerank"
+
+    @property
+    def generates(self) -> bool:
+        """Whether the request generates tokens (has a first token, TTFT and TPOT); the others
+        are pooling requests: prompt work only, one answer at the end."""
+        return self in _GENERATIVE
+
+
+_GENERATIVE = frozenset({Api.COMPLETIONS, Api.CHAT, Api.RESPONSES})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,10 +142,22 @@ class InferenceRequest:
     """Record why each candidate was kept or removed (``FILTER_TRACE`` in the cycle state)."""
     received_at: float = 0.0
     headers: Mapping[str, str] = field(default_factory=dict)
+    n: int = 1
+    """Sequences generated per prompt (OpenAI's ``n``)."""
+    batch_size: int = 1
+    """Prompts in the request (a batched ``prompt``, several embedding inputs, rerank
+    documents); ``prompt_tokens`` holds all of them, one after the other."""
+    base_model: str | None = None
+    """The base model when ``model`` names a LoRA adapter some endpoint lists; else ``None``."""
 
     @property
     def prompt_len(self) -> int:
         return len(self.prompt_tokens)
+
+    @property
+    def sequences(self) -> int:
+        """Sequences the model server runs for this request: ``n`` per prompt."""
+        return self.n * self.batch_size
 
 
 class AttrKey(Generic[T]):

@@ -16,6 +16,7 @@ from scheduler.plugins.producers.slo_headroom import SloHeadroomProducer
 from scheduler.plugins.scorers.inflight_load import InflightLoadScorer
 from scheduler.plugins.scorers.kv_cache_utilization import KvCacheUtilizationScorer
 from scheduler.plugins.scorers.latency import LatencyScorer
+from scheduler.plugins.scorers.lora_affinity import LoraAffinityScorer
 from scheduler.plugins.scorers.prefix_cache import PrefixCacheScorer
 from scheduler.plugins.scorers.queue import QueueScorer
 from scheduler.plugins.scorers.running_requests import RunningRequestsScorer
@@ -40,6 +41,7 @@ def builtin_registry() -> PluginRegistry:
             InflightLoadScorer,
             PrefixCacheScorer,
             LatencyScorer,
+            LoraAffinityScorer,
             # pickers
             MaxScorePicker,
             WeightedRandomPicker,

@@ -10,7 +10,9 @@ Columns (llm-d's schema, plus what measurably helps here):
 ``kv_usage``            scraped KV-cache usage 0..1 (``-1`` when the endpoint's metrics are unknown)
 ``waiting``             scraped waiting-queue length (``-1`` unknown)
 ``running``             scraped running requests (``-1`` unknown)
-``inflight_requests``   requests this gateway dispatched there and has not seen finish
+``inflight_requests``   requests this gateway dispatched there and has not seen finish, in
+                        sequences (one of ``n`` > 1 or a batch counts as several), plus this
+                        request's own sequences beyond its first
 ``inflight_prefill``    uncached prompt tokens dispatched there still waiting for a first token
 ``prompt_tokens``       the request's prompt length
 ``prefix_match``        fraction of the prompt's blocks the endpoint likely holds in its cache
@@ -142,6 +144,9 @@ def feature_rows(
             f = speed_of(c.endpoint.name, 1.0)
             extend(((now - steps.last_chunk_at) * f, steps.interval_s * f))
     out = np.array(flat, dtype=np.float64).reshape(len(candidates), N_FEATURES)
+    own = request.sequences - 1  # sequences decoding beside this request's first
+    if own:
+        out[:, INFLIGHT] += own
     if prefill_wait is not None:
         out[:, PREFILL_WAIT] = prefill_wait
     return out

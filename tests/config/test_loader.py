@@ -37,6 +37,16 @@ def test_there_are_examples() -> None:
     assert EXAMPLES
 
 
+def test_server_defaults_let_the_vllm_utility_routes_through() -> None:
+    server = load_config().server
+    assert server.passthrough_get == ("/version",)
+    assert server.passthrough_post == ("/tokenize", "/detokenize")
+    assert server.max_response_ids == 100_000
+    custom = from_mapping({"server": {"passthrough_get": [], "passthrough_post": ["/x"]}}).server
+    assert custom.passthrough_get == ()
+    assert custom.passthrough_post == ("/x",)
+
+
 @pytest.mark.parametrize("name", preset_names())
 def test_presets_load(name: str) -> None:
     assert load_preset(name).plugins
@@ -76,6 +86,16 @@ INVALID = [
     ({"server": {"port": 70000}}, "server.port", "must be <= 65535"),
     ({"server": {"max_body_bytes": 0}}, "server.max_body_bytes", "must be > 0"),
     ({"server": {"access_log": "yes"}}, "server.access_log", "must be true or false"),
+    ({"server": {"passthrough_get": "/version"}}, "server.passthrough_get", "must be a list"),
+    ({"server": {"passthrough_get": ["version"]}}, "server.passthrough_get[0]", "plain path"),
+    (
+        {"server": {"passthrough_post": ["/tokenize", "/x?y=1"]}},
+        "server.passthrough_post[1]",
+        "plain path",
+    ),
+    ({"server": {"passthrough_get": ["/a/{b}"]}}, "server.passthrough_get[0]", "plain path"),
+    ({"server": {"passthrough_get": ["/a", "/a"]}}, "server.passthrough_get[1]", "listed twice"),
+    ({"server": {"max_response_ids": -1}}, "server.max_response_ids", "must be >= 0"),
     ({"upstream": {"connect_timeout_s": -1}}, "upstream.connect_timeout_s", "must be > 0"),
     ({"pool": {"endpoints": [{"name": "a"}]}}, "pool.endpoints[0].url", "required"),
     ({"pool": {"endpoints": {"url": "x"}}}, "pool.endpoints", "must be a list"),

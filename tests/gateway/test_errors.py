@@ -78,13 +78,51 @@ BAD_REQUESTS = [
         "invalid_type",
         "messages[0].content",
     ),
+    ("/v1/completions", b'{"model": "sim-llm", "prompt": "x", "n": 0}', "invalid_value", "n"),
+    ("/v1/responses", b'{"model": "sim-llm"}', "missing_required_parameter", "input"),
+    (
+        "/v1/responses",
+        b'{"model": "sim-llm", "input": [{"role": "user", "content": 1}]}',
+        "invalid_type",
+        "input[0].content",
+    ),
+    (
+        "/v1/responses",
+        b'{"model": "sim-llm", "input": "x", "previous_response_id": 1}',
+        "invalid_type",
+        "previous_response_id",
+    ),
+    ("/v1/embeddings", b'{"model": "sim-llm", "input": []}', "invalid_type", "input"),
+    ("/v1/embeddings", b'{"input": "x"}', "missing_required_parameter", "model"),
+    ("/pooling", b'{"model": "sim-llm"}', "missing_required_parameter", "input"),
+    ("/classify", b'{"model": "sim-llm", "input": 3}', "invalid_type", "input"),
+    ("/v1/score", b'{"model": "sim-llm", "text_1": "q"}', "missing_required_parameter", "text_2"),
+    ("/score", b'{"model": "sim-llm", "text_1": 1, "text_2": "a"}', "invalid_type", "text_1"),
+    (
+        "/v1/rerank",
+        b'{"model": "sim-llm", "query": "q"}',
+        "missing_required_parameter",
+        "documents",
+    ),
+    (
+        "/rerank",
+        b'{"model": "sim-llm", "query": "q", "documents": [1]}',
+        "invalid_type",
+        "documents[0]",
+    ),
+    (
+        "/v2/rerank",
+        b'{"model": "sim-llm", "documents": ["a"]}',
+        "missing_required_parameter",
+        "query",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     ("path", "raw", "code", "param"),
     BAD_REQUESTS,
-    ids=[f"{p.rsplit('/', 1)[1]}-{c}-{param}" for p, _, c, param in BAD_REQUESTS],
+    ids=[f"{p.strip('/').replace('/', '.')}-{c}-{param}" for p, _, c, param in BAD_REQUESTS],
 )
 async def test_bad_requests_get_400_naming_the_field(
     instant_backend: TestServer,

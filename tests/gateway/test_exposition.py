@@ -296,3 +296,65 @@ def test_unknown_engine_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="unknown engine 'tgi'") as info:
         parse_exposition(BASE, engine="tgi", now=NOW)
     assert not isinstance(info.value, ExpositionError)
+
+
+# -- LoRA state: vllm:lora_requests_info, the newest series --------------------------------------
+LORA_HEADER = (
+    "# HELP vllm:lora_requests_info Running stats on lora requests.\n"
+    "# TYPE vllm:lora_requests_info gauge\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("lines", "running", "waiting", "max_lora"),
+    [
+        (
+            'vllm:lora_requests_info{max_lora="2",running_lora_adapters="sql-lora",'
+            'waiting_lora_adapters="chat-lora"} 1.7589e+09\n'
+            'vllm:lora_requests_info{max_lora="2",running_lora_adapters="",'
+            'waiting_lora_adapters=""} 1.7588e+09\n',
+            {"sql-lora"},
+            {"chat-lora"},
+            2,
+        ),
+        (
+            # the older series is first here: the newest value wins wherever it stands
+            'vllm:lora_requests_info{max_lora="4",running_lora_adapters="a",'
+            'waiting_lora_adapters=""} 1.70e+09\n'
+            'vllm:lora_requests_info{max_lora="4",running_lora_adapters="a, b,c",'
+            'waiting_lora_adapters="b"} 1.71e+09\n',
+            {"a", "b", "c"},
+            {"b"},
+            4,
+        ),
+        (
+            'vllm:lora_requests_info{max_loras="1",running_lora_adapters="",'
+            'waiting_lora_adapters=""} 1.7e+09\n',
+            set(),
+            set(),
+            1,
+        ),
+        (
+            'vllm:lora_requests_info{running_lora_adapters="x",waiting_lora_adapters=""} 1\n',
+            {"x"},
+            set(),
+            None,
+        ),
+    ],
+    ids=["newest-last", "newest-first-and-spaces", "max-loras-label", "no-max"],
+)
+def test_lora_state_is_read_from_the_newest_series(
+    lines: str, running: set[str], waiting: set[str], max_lora: int | None
+) -> None:
+    text = BASE + LORA_HEADER + lines
+    for parse in (parse_exposition, parse_exposition_strict):
+        metrics = parse(text, engine="vllm", now=NOW)
+        assert metrics.lora_running == frozenset(running)
+        assert metrics.lora_waiting == frozenset(waiting)
+        assert metrics.max_lora == max_lora
+        assert (metrics.waiting, metrics.running) == (1, 2)
+
+
+def test_without_lora_info_there_is_no_lora_state() -> None:
+    metrics = parse_exposition(BASE, engine="vllm", now=NOW)
+    assert (metrics.lora_running, metrics.lora_waiting, metrics.max_lora) == (None, None, None)

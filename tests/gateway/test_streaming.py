@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.streaming import SseScanner, scan_json_body
+from gateway.streaming import ResponsesScanner, SseScanner, scan_json_body, scan_usage_only
 
 ROLE = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
 TOKEN = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
@@ -111,3 +111,139 @@ def test_expected_usage_skips_recognizing_tokens_but_usage_is_exact() -> None:
     scanner.feed(USAGE + DONE, 3.0)
     assert scanner.completion_tokens == 42
     assert scanner.done
+
+
+# -- the Responses API's named events ------------------------------------------------------------
+def named(kind: str, data: str) -> bytes:
+    return f"event: {kind}\ndata: {data}\n\n".encode()
+
+
+RESPONSE = '{"id":"resp_1","object":"response","status":"in_progress","output":[],"usage":null}'
+CREATED = named(
+    "response.created", f'{{"response":{RESPONSE},"sequence_number":0,"type":"response.created"}}'
+)
+IN_PROGRESS = named(
+    "response.in_progress",
+    f'{{"response":{RESPONSE},"sequence_number":1,"type":"response.in_progress"}}',
+)
+PART_ADDED = named(
+    "response.content_part.added",
+    '{"part":{"annotations":[],"text":"","type":"output_text"},"type":"response.content_part.added"}',
+)
+
+
+def delta(text: str, kind: str = "response.output_text.delta") -> bytes:
+    return named(kind, f'{{"content_index":0,"delta":"{text}","output_index":0,"type":"{kind}"}}')
+
+
+TEXT_DONE = named(
+    "response.output_text.done", '{"text":" there can","type":"response.output_text.done"}'
+)
+COMPLETED = named(
+    "response.completed",
+    '{"response":{"id":"resp_1","object":"response","status":"completed","output":[{"type":'
+    '"message","content":[{"type":"output_text","text":" there can"}]}],"usage":{"input_tokens":'
+    '24,"input_tokens_details":{"cached_tokens":16},"output_tokens":2,"total_tokens":26}},'
+    '"type":"response.completed"}',
+)
+RESPONSES_STREAM = (
+    CREATED + IN_PROGRESS + PART_ADDED + delta(" there") + delta(" can") + TEXT_DONE + COMPLETED
+)
+
+
+def test_responses_stream_counts_output_deltas_and_reads_usage_and_id() -> None:
+    scanner = ResponsesScanner()
+    assert not scanner.feed(CREATED + IN_PROGRESS + PART_ADDED, 1.0)
+    assert scanner.response_id == "resp_1"
+    assert scanner.feed(delta(" there"), 2.0)
+    assert not scanner.feed(delta(" can") + TEXT_DONE, 3.0)
+    assert scanner.token_events == 2  # output_text.done carries the text again: not a token
+    done_before_the_end = scanner.done
+    scanner.feed(COMPLETED, 4.0)
+    assert scanner.first_token_at == 2.0
+    assert (scanner.completion_tokens, scanner.prompt_tokens, scanner.cached_tokens) == (2, 24, 16)
+    assert (done_before_the_end, scanner.done) == (False, True)
+
+
+@pytest.mark.parametrize("size", [1, 5, 64, 10_000])
+def test_responses_stream_split_anywhere(size: int) -> None:
+    scanner = ResponsesScanner()
+    firsts = [
+        scanner.feed(RESPONSES_STREAM[i : i + size], float(i))
+        for i in range(0, len(RESPONSES_STREAM), size)
+    ]
+    assert firsts.count(True) == 1
+    assert scanner.response_id == "resp_1"
+    assert (scanner.token_events, scanner.completion_tokens, scanner.done) == (2, 2, True)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+        "response.function_call_arguments.delta",
+        "response.refusal.delta",
+    ],
+)
+def test_any_output_delta_is_a_first_token(kind: str) -> None:
+    scanner = ResponsesScanner()
+    scanner.feed(CREATED, 1.0)
+    assert scanner.feed(delta("x", kind), 2.0)
+    assert scanner.token_events == 1
+
+
+def test_responses_delta_text_that_looks_like_an_event_is_one_token() -> None:
+    scanner = ResponsesScanner()
+    scanner.feed(delta('say \\"type\\":\\"response.output_text.delta\\" usage'), 1.0)
+    assert scanner.token_events == 1
+
+
+@pytest.mark.parametrize("end", ["response.incomplete", "response.failed"])
+def test_responses_stream_ends_incomplete_or_failed(end: str) -> None:
+    scanner = ResponsesScanner()
+    scanner.feed(CREATED + named(end, f'{{"response":{RESPONSE},"type":"{end}"}}'), 1.0)
+    assert scanner.done
+    assert scanner.token_events == 0
+
+
+def test_non_streamed_response_body() -> None:
+    scanner = SseScanner()
+    scan_json_body(
+        b'{"id":"resp_9","object":"response","output":[],"usage":{"input_tokens":7,'
+        b'"output_tokens":3,"input_tokens_details":{"cached_tokens":4}}}',
+        scanner,
+    )
+    assert (scanner.response_id, scanner.prompt_tokens, scanner.completion_tokens) == (
+        "resp_9",
+        7,
+        3,
+    )
+    assert scanner.cached_tokens == 4
+    chat = SseScanner()
+    scan_json_body(b'{"id":"chatcmpl-1","object":"chat.completion","choices":[]}', chat)
+    assert chat.response_id is None
+
+
+@pytest.mark.parametrize(
+    ("body", "prompt_tokens"),
+    [
+        (
+            b'{"object":"list","data":[{"embedding":[0.1,-0.2]}],"usage":{"prompt_tokens":7,'
+            b'"total_tokens":7,"completion_tokens":0,"prompt_tokens_details":null}}',
+            7,
+        ),
+        (b'{"data":[],"usage" : {"prompt_tokens": 3, "details": {"cached_tokens": 1}}}', 3),
+        (b'{"data":[],"usage":null}', None),
+        (b'{"data":[]}', None),
+        (b'{"data":[],"usage":{"prompt_tokens":', None),
+        (b"not json at all", None),
+    ],
+    ids=["embeddings", "nested-and-spaced", "null", "absent", "truncated", "garbage"],
+)
+def test_pooling_usage_is_read_without_decoding_the_vectors(
+    body: bytes, prompt_tokens: int | None
+) -> None:
+    scanner = SseScanner()
+    scan_usage_only(body, scanner)
+    assert scanner.prompt_tokens == prompt_tokens

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 
 from scheduler.datalayer.inflight import InflightTracker
-from scheduler.datalayer.store import EndpointStore, Health
+from scheduler.datalayer.store import EndpointStore, Health, ModelCard
 from scheduler.framework.types import Candidate, InflightLoad
 from tests.support.builders import FakeClock, make_endpoint, make_metrics
 
@@ -126,6 +126,55 @@ def test_discovered_models_decide_who_serves_what() -> None:
     assert [e.name for e in s.usable(clock())] == ["a", "b"]  # c announced no models yet
 
 
+def test_lora_adapters_are_models_of_the_endpoints_that_list_them() -> None:
+    clock = FakeClock(10.0)
+    s = store("a", "b", "c", models=())
+    for name in ("a", "b", "c"):
+        s.set_metrics(name, make_metrics(scraped_at=clock()))
+    s.set_models("a", [ModelCard("base")])
+    s.set_models("b", [ModelCard("base"), ModelCard("sql", parent="base", root="/lora/sql")])
+    s.set_models("c", ["base", ModelCard("sql", parent="base")])
+    assert view(s.candidates("sql", clock())) == [("b", True), ("c", True)]
+    assert view(s.candidates("base", clock())) == [("a", True), ("b", True), ("c", True)]
+    assert s.adapter_parent("sql") == "base"
+    assert s.adapter_parent("base") is None
+    assert s.model_cards() == [
+        ModelCard("base"),
+        ModelCard("sql", parent="base", root="/lora/sql"),  # the first endpoint's card
+    ]
+    s.set_models("b", ["base"])
+    s.set_models("c", ["base"])
+    assert s.adapter_parent("sql") is None  # unloaded everywhere
+    assert s.models() == ["base"]
+
+
+def test_a_down_endpoints_models_are_not_listed() -> None:
+    s = store("a", "b", models=())
+    s.set_models("a", ["base", ModelCard("sql", parent="base")])
+    s.set_models("b", ["base"])
+    s.mark_down("a", 1.0)
+    assert s.models() == ["base"]
+
+
+def test_one_named_endpoint_as_a_candidate() -> None:
+    clock = FakeClock(10.0)
+    s = store("a", "b", "c", models=())
+    s.set_metrics("a", make_metrics(scraped_at=clock(), waiting=3))
+    s.set_metrics("b", make_metrics(scraped_at=1.0))  # stale
+    s.mark_down("c", clock())
+    s.inflight.dispatched("r1", "a", prefill_tokens=7)
+    a = s.candidate("a", clock())  # serves nothing announced: still the one that holds state
+    assert a is not None
+    assert a.metrics is not None
+    assert a.metrics.waiting == 3
+    assert a.inflight == InflightLoad(1, 7)
+    b = s.candidate("b", clock())
+    assert b is not None
+    assert b.metrics is None
+    assert s.candidate("c", clock()) is None  # down
+    assert s.candidate("gone", clock()) is None  # not in the pool
+
+
 def test_static_models_apply_to_every_endpoint() -> None:
     s = store("a", "b", models=("m1", "m2"))
     assert s.serves("a", "m2")
@@ -172,6 +221,29 @@ def test_prefill_tokens_are_released_at_first_token_requests_at_the_end() -> Non
     t.finished("r2")  # never streamed a token: its prefill tokens go at the end
     assert t.load("a") == InflightLoad(0, 0)
     assert len(t) == 0
+
+
+def test_a_request_of_several_sequences_counts_as_that_many() -> None:
+    t = InflightTracker()
+    t.dispatched("n4", "a", prefill_tokens=100, sequences=4)
+    t.dispatched("r1", "a", prefill_tokens=10)
+    assert t.load("a") == InflightLoad(5, 110)
+    t.first_token("n4")
+    t.finished("n4")
+    assert t.load("a") == InflightLoad(1, 10)
+    with pytest.raises(ValueError, match="at least one"):
+        t.dispatched("r0", "a", prefill_tokens=0, sequences=0)
+
+
+def test_an_endpoint_leaving_is_forgotten_after_its_last_multi_sequence_request() -> None:
+    t = InflightTracker()
+    t.dispatched("n3", "a", prefill_tokens=0, sequences=3)
+    t.chunk("n3", 1.0)
+    t.forget("a")
+    assert t.load("a") == InflightLoad(3, 0)  # still in flight: kept until it ends
+    t.finished("n3")
+    assert "a" not in t._loads
+    assert "a" not in t._steps
 
 
 def test_unknown_requests_are_ignored_and_duplicates_refused() -> None:

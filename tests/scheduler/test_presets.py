@@ -65,6 +65,7 @@ def test_load_prefix_wiring_matches_llm_d() -> None:
         "kv-cache-utilization-scorer": 2.0,
         "prefix-cache-scorer": 3.0,
         "inflight-load-scorer": 2.0,  # slogate's addition: the gateway's exact in-flight load
+        "lora-affinity-scorer": 1.0,  # llm-d's; 0 for base-model requests
     }
     assert scheduler.profile.picker.TYPE == "max-score-picker"
 

@@ -14,6 +14,12 @@ feature row (the same row the prediction used), at the first token it records a 
 Which target a request trains follows its own ``stream`` flag, so mixed streaming and
 non-streaming traffic trains correctly (llm-d needs one global ``streamingMode`` for this).
 
+Pooling requests (embeddings, rerank, score, classify, pooling: ``Api.generates`` false) have no
+first token and no decoding: their latency is prefill, not a generation's TTFT or e2e. They
+never train the model, and they are routed on the cold-start estimate (the in-flight work on
+each candidate plus their own uncached prompt, at each endpoint's observed speed), never on
+the model's generation predictions; the gateway keeps their latency in its own histogram.
+
 Inputs: candidate metrics, in-flight load, ``PREFIX_MATCH`` (run the prefix producer first).
 Output: ``PREDICTION`` per candidate.
 
@@ -87,6 +93,12 @@ class PredictedLatencyProducer:
         self, state: CycleState, request: InferenceRequest, candidates: Sequence[Candidate]
     ) -> None:
         rows = self.predictor.feature_rows(request, candidates)
+        if not request.api.generates:
+            for candidate, estimated in zip(
+                candidates, self.predictor.estimate(rows, candidates), strict=True
+            ):
+                candidate.attributes.put(PREDICTION, estimated)
+            return
         state.put(FEATURE_ROWS, rows)
         predictions = self.predictor.predict(
             rows,
