@@ -132,11 +132,6 @@ class PredictorConfig:
     """Consecutive failed runs after which routing falls back until a run succeeds."""
     state_dir: str = ""
     """Where the model and training window are saved and reloaded at start; empty: nowhere."""
-    tpot_step_floor: float = _bounded(0.0, ge=0)
-    """A streamed request's predicted TPOT is at least this many times the endpoint's current
-    engine-step interval, as the gateway times it from the streams it relays (0: off). Under
-    rising load the trees, refitted on samples that end seconds after they were predicted, lag
-    the batch growing during a decode; the step interval sees it at once."""
     shape_label: str = ""
     """Endpoint label naming its hardware/config shape (e.g. ``gpu``): a new endpoint starts
     with the learned speed of its shape. Empty: new endpoints start as pool-average."""

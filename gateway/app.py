@@ -71,7 +71,6 @@ class Gateway:
             rng=deps.rng,
             per_bucket=cfg.predictor.samples_per_bucket,
             shape_label=cfg.predictor.shape_label or None,
-            tpot_step_floor=cfg.predictor.tpot_step_floor,
         )
         handle = PluginHandle(clock=deps.clock, rng=deps.rng)
         handle.services.put(LATENCY_PREDICTOR, self.predictor)

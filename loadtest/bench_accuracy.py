@@ -91,13 +91,12 @@ async def run_case(fleet: str, objective: str, args: argparse.Namespace) -> dict
     sims = SimSpec(speeds=speeds, seed=args.seed)
     predictor_cfg = PredictorConfig(
         objective=objective,
-        tpot_step_floor=args.tpot_step_floor,
         **({"retrain_interval_s": args.retrain_interval_s} if args.retrain_interval_s else {}),
     )
     log = PredictionLog()
     async with sim_fleet(sims) as pods:
         gw = await start_gateway(
-            pods, preset="predicted-latency", predictor=predictor_cfg, observers=(log,)
+            pods, preset=args.preset, predictor=predictor_cfg, observers=(log,)
         )
         log.attach(gw.gateway)
         try:
@@ -234,10 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity-per-speed", type=float, default=4.0)
     parser.add_argument("--retrain-interval-s", type=float, default=0.0, help="0: the default")
     parser.add_argument(
-        "--tpot-step-floor",
-        type=float,
-        default=PredictorConfig().tpot_step_floor,
-        help="predictor.tpot_step_floor (0: off)",
+        "--preset",
+        default="predicted-latency",
+        help="the preset routing with the predictor (predicted-latency-slo: what SLO decisions "
+        "see, the model's TPOT from the start and its step floor)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("results/bench_accuracy.json"))

@@ -132,11 +132,8 @@ class LatencyPredictor:
         shape_label: str | None = None,
         accuracy_window: int = 500,
         pending_ttl_s: float = 600.0,
-        tpot_step_floor: float = 0.0,
     ) -> None:
         self._clock = clock
-        self.tpot_step_floor = tpot_step_floor
-        """Predicted TPOT >= this x the endpoint's live engine-step interval (0: off)."""
         self.hooks: PredictorHooks = NoHooks()
         self.shape_label = shape_label
         self.model: PredictorModel | None = None
@@ -262,6 +259,7 @@ class LatencyPredictor:
         stream: bool | None = None,
         source: str = "auto",
         model_tpot: bool = False,
+        tpot_floor: float = 0.0,
     ) -> list[Prediction] | None:
         """Predictions for every candidate; while no model is trusted (or it fails), the
         cold-start estimates (``estimate``, flagged ``estimated``); ``None`` only when even
@@ -273,11 +271,13 @@ class LatencyPredictor:
         ``model``, the model once one exists even if it has not beaten the estimate.
         ``model_tpot``: while TTFT comes from the estimate, TPOT and e2e still come from the
         model when it has them (latency objectives need them; the estimate has none).
+        ``tpot_floor``: each TPOT prediction is at least this many times its endpoint's live
+        engine-step interval (0: no floor; :meth:`_step_floor`).
         Never raises: a failing model is a fallback, logged once per transition.
         """
         model = self.model
         if source == "estimate":
-            return self._with_model_tpot(model, rows, candidates, stream, model_tpot)
+            return self._with_model_tpot(model, rows, candidates, stream, model_tpot, tpot_floor)
         usable = self.ready or (
             source == "model"
             and model is not None
@@ -286,10 +286,12 @@ class LatencyPredictor:
         )
         if model is None or not usable:
             self._route_by_fallback(True, "no model" if model is None else "not ready")
-            return self._with_model_tpot(model, rows, candidates, stream, model_tpot)
+            return self._with_model_tpot(model, rows, candidates, stream, model_tpot, tpot_floor)
         started = self._clock()
         try:
-            predictions = self._predict_all(model, rows, candidates, stream, now=started)
+            predictions = self._predict_all(
+                model, rows, candidates, stream, now=started, tpot_floor=tpot_floor
+            )
         except Exception:
             logger.exception("predictor.failed", extra={"version": model.version})
             self._route_by_fallback(True, "prediction failed")
@@ -305,6 +307,7 @@ class LatencyPredictor:
         candidates: Sequence[Candidate],
         stream: bool | None,
         model_tpot: bool,
+        tpot_floor: float,
     ) -> list[Prediction] | None:
         """The estimates; with ``model_tpot``, TPOT and e2e from the model beside them."""
         estimated = self._estimated(rows, candidates)
@@ -317,7 +320,7 @@ class LatencyPredictor:
         ):
             return estimated
         try:
-            modelled = self._predict_all(model, rows, candidates, stream)
+            modelled = self._predict_all(model, rows, candidates, stream, tpot_floor=tpot_floor)
         except Exception:
             logger.exception("predictor.failed", extra={"version": model.version})
             return estimated
@@ -391,6 +394,7 @@ class LatencyPredictor:
         stream: bool | None = None,
         *,
         now: float | None = None,
+        tpot_floor: float = 0.0,
     ) -> list[Prediction]:
         names = tuple([c.endpoint.name for c in candidates])
         key = names if self.shape_label is None else (*names, *self.shapes(candidates))
@@ -418,8 +422,8 @@ class LatencyPredictor:
             if need_tpot
             else None
         )
-        if tpot is not None and self.tpot_step_floor > 0:
-            adjust[1] = self._step_floor(tpot, candidates, adjust[1])
+        if tpot is not None and tpot_floor > 0:
+            adjust[1] = _step_floor(tpot_floor, tpot, candidates, adjust[1])
         e2e = (
             _predict(model.e2e, wide, offsets[2], margin("e2e", 0.0), adjust[2])
             if need_e2e
@@ -441,25 +445,6 @@ class LatencyPredictor:
                 strict=False,  # a repeat() has no length; the lists have n items each
             )
         ]
-
-    def _step_floor(
-        self, tpot: list[float], candidates: Sequence[Candidate], adjust: np.ndarray | None
-    ) -> np.ndarray | None:
-        """Raise each TPOT prediction (in place) to ``tpot_step_floor`` x its endpoint's live
-        step interval; the log factors applied, ``adjust`` included."""
-        factor = self.tpot_step_floor
-        raised: np.ndarray | None = None
-        for i, c in enumerate(candidates):
-            steps = c.steps
-            if steps is None or steps.interval_s <= 0:
-                continue
-            floor = factor * steps.interval_s
-            if tpot[i] < floor:
-                if raised is None:
-                    raised = np.zeros(len(tpot)) if adjust is None else adjust.copy()
-                raised[i] += math.log(floor / tpot[i]) if tpot[i] > 0 else 0.0
-                tpot[i] = floor
-        return adjust if raised is None else raised
 
     def _cached(self, model: PredictorModel | None) -> _ModelCache:
         """Per-model lookups, rebuilt when another generation is installed."""
@@ -678,6 +663,30 @@ def _predict(
         seconds *= np.exp(adjust)
     out: list[float] = seconds.tolist()
     return out
+
+
+def _step_floor(
+    factor: float, tpot: list[float], candidates: Sequence[Candidate], adjust: np.ndarray | None
+) -> np.ndarray | None:
+    """Raise each TPOT prediction (in place) to ``factor`` x its endpoint's live engine-step
+    interval (``Candidate.steps``, timed by the gateway from the streams it relays); returns
+    the log factors applied, ``adjust`` included.
+
+    Under rising load the trees, refitted on TPOTs that are known only when a request ends,
+    lag the batch growing during decodes; the step interval shows it at once (a p90 TPOT
+    below the pod's current step time is already wrong for every stream running there)."""
+    raised: np.ndarray | None = None
+    for i, c in enumerate(candidates):
+        steps = c.steps
+        if steps is None or steps.interval_s <= 0:
+            continue
+        floor = factor * steps.interval_s
+        if tpot[i] < floor:
+            if raised is None:
+                raised = np.zeros(len(tpot)) if adjust is None else adjust.copy()
+            raised[i] += math.log(floor / tpot[i]) if tpot[i] > 0 else 0.0
+            tpot[i] = floor
+    return adjust if raised is None else raised
 
 
 _NO_MARGIN: Mapping[str, float] = {}

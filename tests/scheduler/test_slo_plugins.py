@@ -246,3 +246,22 @@ def test_requests_without_objectives_score_by_latency_even_with_headroom() -> No
         predicted(headroom(make_candidate("b"), math.inf, 0.05), 0.3, 0.02),
     ]
     assert scores(LatencyScorer("l"), cs, Slo()) == [1.01, 0.01]
+
+
+def test_the_latency_strategy_picks_the_fastest_pod_that_meets_the_objectives() -> None:
+    cs = [
+        predicted(headroom(make_candidate("tight"), 0.05), 0.45),
+        predicted(headroom(make_candidate("fast"), 0.4), 0.1),
+        predicted(headroom(make_candidate("miss"), -0.2), 0.7),
+    ]
+    scorer = LatencyScorer("l", strategy="latency", normalization="relative")
+    tight, fast, miss = scores(scorer, cs, Slo(ttft_ms=500))
+    assert fast == 1.0
+    assert tight < 0.01  # 4.5x slower than the fastest, at temperature 0.25
+    assert miss == 0.0
+    # No pod in time: as the other strategies, idle first, then the smallest deficit.
+    late = [
+        predicted(headroom(make_candidate("a", inflight_requests=1), -0.3), 0.8),
+        predicted(headroom(make_candidate("b", inflight_requests=1), -0.1), 0.6),
+    ]
+    assert scores(scorer, late, Slo(ttft_ms=500)) == [0.01, 1.01]

@@ -33,6 +33,10 @@ Parameters (the predictor's own settings live in the ``predictor`` config sectio
 - ``tpotWhileEstimating`` (false): while TTFT comes from the estimate, predict TPOT (and e2e)
   with the model as soon as one exists. Latency objectives need a TPOT prediction; routing
   alone is better without (the estimate ranks pods on TTFT only).
+- ``tpotStepFloor`` (0): a streamed request's predicted TPOT on an endpoint is at least this
+  many times that endpoint's live engine-step interval, as the gateway times it from the
+  streams it relays (0: off). The TPOT model learns from requests that end seconds after they
+  were predicted and lags a batch that grows under rising load; the step interval does not.
 
 Extension points: data producer, pre-request, response observer.
 """
@@ -70,23 +74,27 @@ class PredictedLatencyProducer:
         *,
         route_by: str = "auto",
         tpot_while_estimating: bool = False,
+        tpot_step_floor: float = 0.0,
     ) -> None:
         self.name = name
         self.predictor = predictor
         self.route_by = route_by
         self.tpot_while_estimating = tpot_while_estimating
+        self.tpot_step_floor = tpot_step_floor
         predictor.enabled = True
 
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> Self:
         route_by = params.str("routeBy", "auto", choices=ROUTE_BY)
         tpot = params.bool("tpotWhileEstimating", False)
+        floor = params.float("tpotStepFloor", 0.0, ge=0.0)
         params.done()
         return cls(
             name,
             shared_predictor(handle.services, handle.clock, handle.rng),
             route_by=route_by,
             tpot_while_estimating=tpot,
+            tpot_step_floor=floor,
         )
 
     def produce(
@@ -106,6 +114,7 @@ class PredictedLatencyProducer:
             stream=request.stream,
             source=self.route_by,
             model_tpot=self.tpot_while_estimating,
+            tpot_floor=self.tpot_step_floor,
         )
         if predictions is not None:
             for candidate, prediction in zip(candidates, predictions, strict=True):

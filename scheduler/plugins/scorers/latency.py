@@ -6,7 +6,8 @@ every objective score by ``headroomSelectionStrategy`` — ``least`` (default) p
 closest to its objectives (bin-packing: slack is kept for the requests that need it), ``most``
 the one with the most slack (spreading) — over the TTFT and TPOT headroom normalized across
 them and blended by ``ttftWeight``/``tpotWeight`` (an unconstrained or unjudged dimension drops
-out); the others score 0. When none is predicted to meet them: idle candidates (nothing in
+out), or ``latency``, slogate's, the fastest predicted among them, scored as a request without
+objectives is; the others score 0. When none is predicted to meet them: idle candidates (nothing in
 flight from this gateway) only; else the smallest deficit, first among those missing only
 TPOT, then only TTFT, then both, each ranked on the dimensions it misses.
 
@@ -37,8 +38,8 @@ Parameters:
 ``normalization``        minmax  ``minmax`` (llm-d) or ``relative`` (below)
 ``temperature``          0.25    for ``relative``: the relative slowness that costs a
                                  candidate ``1/e`` of its weight
-``headroomSelectionStrategy`` least  ``least`` (bin-pack) or ``most`` (spread), for
-                                 requests with objectives
+``headroomSelectionStrategy`` least  ``least`` (bin-pack), ``most`` (spread) or
+                                 ``latency`` (fastest), for requests with objectives
 ======================== ======= =================================================
 
 ``normalization: relative`` scores ``exp(-cost / temperature)`` with ``cost`` how much slower
@@ -73,7 +74,7 @@ _RANGE_EPSILON = 1e-12
 _MAX_RELATIVE = 1e6
 """Relative cost of a candidate without a prediction: it scores 0."""
 NORMALIZATIONS = ("minmax", "relative")
-STRATEGIES = ("least", "most")
+STRATEGIES = ("least", "most", "latency")
 
 
 class LatencyScorer:
@@ -133,7 +134,11 @@ class LatencyScorer:
         if request.slo.any:
             headrooms = [c.attributes.get(SLO_HEADROOM) for c in candidates]
             if any(h is not None and h.known for h in headrooms):
-                return self.headroom(candidates, headrooms)
+                return self.headroom(request, candidates, headrooms)
+        return self.latency(request, candidates)
+
+    def latency(self, request: InferenceRequest, candidates: Sequence[Candidate]) -> list[float]:
+        """Scores by predicted latency for this request (no objectives to judge by)."""
         predictions = [c.attributes.get(PREDICTION) for c in candidates]
         if all(p is None for p in predictions):
             return self.composite(candidates)
@@ -175,11 +180,20 @@ class LatencyScorer:
         return [a * t + b * u for t, u in zip(ttft, tpot, strict=True)]
 
     def headroom(
-        self, candidates: Sequence[Candidate], headrooms: Sequence[Headroom | None]
+        self,
+        request: InferenceRequest,
+        candidates: Sequence[Candidate],
+        headrooms: Sequence[Headroom | None],
     ) -> list[float]:
         """llm-d's headroom scoring (module docstring); ``headrooms`` per candidate."""
         n = len(candidates)
         positive = [i for i, h in enumerate(headrooms) if h is None or h.valid]
+        if positive and self.strategy == "latency":
+            inside = [candidates[i] for i in positive]
+            scores = [0.0] * n
+            for i, s in zip(positive, self.latency(request, inside), strict=True):
+                scores[i] = s
+            return scores
         if positive:
             return self._bucket(headrooms, positive, n, self.strategy)
         idle = [i for i, c in enumerate(candidates) if not c.inflight.requests]

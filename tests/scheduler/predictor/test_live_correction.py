@@ -200,19 +200,22 @@ def model_with_tpot() -> PredictorModel:
     return dataclasses.replace(model, tpot=tpot)
 
 
-def tpots(predictor: LatencyPredictor, candidates: list[Candidate]) -> list[Prediction]:
+def tpots(
+    predictor: LatencyPredictor, candidates: list[Candidate], floor: float = 1.2
+) -> list[Prediction]:
     request = make_request(prompt_tokens=range(100))
-    predictions = predictor.predict(predictor.feature_rows(request, candidates), candidates)
+    rows = predictor.feature_rows(request, candidates)
+    predictions = predictor.predict(rows, candidates, tpot_floor=floor)
     assert predictions is not None
     return predictions
 
 
 def test_tpot_is_at_least_the_live_step_interval_times_the_floor() -> None:
     clock = FakeClock()
-    predictor = LatencyPredictor(clock=clock, rng=random.Random(0), tpot_step_floor=1.2)
+    predictor = LatencyPredictor(clock=clock, rng=random.Random(0))
     predictor.install(model_with_tpot())
     pool = [make_candidate("busy"), make_candidate("calm"), make_candidate("quiet")]
-    base = tpots(predictor, pool)[0].tpot_s
+    base = tpots(predictor, pool, 0.0)[0].tpot_s
     assert base is not None
     pool[0].steps = StepTiming(last_chunk_at=clock(), interval_s=10 * base)
     pool[1].steps = StepTiming(last_chunk_at=clock(), interval_s=0.5 * base)
@@ -221,9 +224,7 @@ def test_tpot_is_at_least_the_live_step_interval_times_the_floor() -> None:
     assert busy.adjust[1] == pytest.approx(math.log(12))  # the model's own value is recoverable
     assert calm.tpot_s == pytest.approx(base)  # above its floor: the model's value stands
     assert quiet.tpot_s == pytest.approx(base)  # nothing relayed from it: no floor
-    off = LatencyPredictor(clock=clock, rng=random.Random(0))
-    off.install(model_with_tpot())
-    assert tpots(off, pool)[0].tpot_s == pytest.approx(base)
+    assert tpots(predictor, pool, 0.0)[0].tpot_s == pytest.approx(base)  # no floor
 
 
 def test_model_tpot_beside_an_estimated_ttft_is_scored_and_drifts() -> None:
