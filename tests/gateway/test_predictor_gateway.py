@@ -71,12 +71,16 @@ async def serve_some(client: Client, n: int) -> list[int]:
         "stream": True,
         "ignore_eos": True,
     }
-    statuses = []
-    for _ in range(n):
+
+    async def one() -> int:
         resp = await client.post("/v1/completions", json=body)
         await resp.read()
-        statuses.append(resp.status)
-    return statuses
+        return resp.status
+
+    # Concurrent, so that the gateway's in-flight counts spread them over both pods: one at a
+    # time, the cold-start estimate rightly sends nearly all to the faster pod, and the model
+    # would learn nothing of the other.
+    return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
 async def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
