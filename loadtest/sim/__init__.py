@@ -20,13 +20,17 @@ Modules, one concept each:
 - :mod:`~loadtest.sim.metrics`   vLLM-named Prometheus metrics on the sim's own registry
 - :mod:`~loadtest.sim.lora`      LoRA adapters in flight and ``vllm:lora_requests_info``
 - :mod:`~loadtest.sim.protocol`  OpenAI/vLLM completions and chat: parsing and response bytes
+- :mod:`~loadtest.sim.choices`   a request's engine requests, one per prompt and sample (``n``)
 - :mod:`~loadtest.sim.responses` the Responses API: parsing, the response object, its events
 - :mod:`~loadtest.sim.response_store` the responses a pod produced, bounded
-- :mod:`~loadtest.sim.embeddings` embeddings: parsing, deterministic vectors, the body
+- :mod:`~loadtest.sim.embeddings` embeddings and ``/pooling``: parsing, deterministic vectors,
+  the bodies, the pooling routes' shared ``input`` and length check
+- :mod:`~loadtest.sim.pooling`   score, rerank and classify: parsing, numbers, bodies
 - :mod:`~loadtest.sim.tokenization` ``/tokenize`` and ``/detokenize``
 - :mod:`~loadtest.sim.frontend`  prompts into engine requests, shared by every engine route
 - :mod:`~loadtest.sim.completions_handler`, :mod:`~loadtest.sim.responses_handler`,
-  :mod:`~loadtest.sim.embeddings_handler`  the aiohttp handlers of the engine routes
+  :mod:`~loadtest.sim.embeddings_handler`, :mod:`~loadtest.sim.pooling_handler`  the aiohttp
+  handlers of the engine routes
 - :mod:`~loadtest.sim.server`    the app factory, route table, other handlers,
   ``start_sim_server``
 - :mod:`~loadtest.sim.cli`       ``add_sim_arguments`` / ``run_sim`` for ``slogate sim``

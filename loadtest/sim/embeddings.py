@@ -3,7 +3,8 @@
 ``input`` is a string, a list of strings, a list of token ids or a list of token-id lists;
 each entry is one prompt, run on the engine as a prefill-only request (vLLM runs pooling
 requests through the same scheduler), so an embedding costs prefill time, loads the pod and
-shows in its metrics.
+shows in its metrics. The other pooling routes (:mod:`loadtest.sim.pooling`) take ``input``
+the same way and check lengths the same way.
 
 The vector of a prompt is deterministic in its token ids: a seeded Gaussian draw of
 ``EMBEDDING_DIM`` floats, cut to ``dimensions`` if asked (the model is treated as Matryoshka:
@@ -24,6 +25,7 @@ import numpy as np
 import orjson
 
 from loadtest.sim.protocol import (
+    Prompt,
     bad_request,
     is_token_id,
     load_object,
@@ -38,11 +40,10 @@ _SEED_MASK = (1 << 64) - 1
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EmbeddingRequest:
-    """One embeddings request: its prompts as texts or as token-id lists (one of the two)."""
+    """One embeddings (or ``/pooling``) request: its prompts, as texts or token-id lists."""
 
     model: str
-    texts: list[str] | None
-    token_ids: list[list[int]] | None
+    inputs: list[Prompt]
     encoding_format: str
     dimensions: int
 
@@ -52,28 +53,7 @@ def parse_embedding_request(
 ) -> EmbeddingRequest:
     fields = load_object(body)
     model = resolve_model(fields, served_model, adapters)
-    texts: list[str] | None = None
-    token_ids: list[list[int]] | None = None
-    value = fields.get("input")
-    if isinstance(value, str):
-        texts = [value]
-    elif isinstance(value, list) and value:
-        if all(isinstance(item, str) for item in value):
-            texts = value
-        elif all(is_token_id(item) for item in value):
-            token_ids = [value]
-        elif all(isinstance(item, list) and item for item in value) and all(
-            is_token_id(token) for item in value for token in item
-        ):
-            token_ids = value
-    if texts is None and token_ids is None:
-        raise bad_request(
-            "input must be a string, a list of strings, a list of token ids or a list of "
-            "non-empty lists of token ids",
-            "input",
-        )
-    if texts is not None and not all(texts):
-        raise bad_request("input must not contain empty strings", "input")
+    inputs = parse_pooling_input(fields.get("input"))
     encoding_format = fields.get("encoding_format") or "float"
     if encoding_format not in ENCODING_FORMATS:
         raise bad_request(
@@ -86,21 +66,53 @@ def parse_embedding_request(
         )
     return EmbeddingRequest(
         model=model,
-        texts=texts,
-        token_ids=token_ids,
+        inputs=inputs,
         encoding_format=encoding_format,
         dimensions=EMBEDDING_DIM if dimensions is None else dimensions,
     )
 
 
-def check_embedding_length(prompt_len: int, max_model_len: int) -> None:
-    """vLLM's 400 for an embedding input longer than the context."""
+def parse_pooling_input(value: object) -> list[Prompt]:
+    """A pooling request's ``input``, one prompt per entry: a string, a list of strings, a
+    list of token ids (one prompt) or a list of token-id lists (400 otherwise)."""
+    if isinstance(value, str):
+        inputs: list[Prompt] = [value]
+    elif isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        inputs = list(value)
+    elif isinstance(value, list) and value and all(is_token_id(item) for item in value):
+        inputs = [value]
+    elif (
+        isinstance(value, list)
+        and value
+        and all(isinstance(item, list) and item for item in value)
+        and all(is_token_id(token) for item in value for token in item)
+    ):
+        inputs = list(value)
+    else:
+        raise bad_request(
+            "input must be a string, a list of strings, a list of token ids or a list of "
+            "non-empty lists of token ids",
+            "input",
+        )
+    if "" in inputs:
+        raise bad_request("input must not contain empty strings", "input")
+    return inputs
+
+
+def check_input_length(
+    prompt_len: int,
+    max_model_len: int,
+    operation: str = "embedding generation",
+    param: str | None = "input",
+) -> None:
+    """vLLM's 400 for a pooling input longer than the context (``operation`` is what vLLM
+    names: ``embedding generation``, ``score`` or ``classification``)."""
     if prompt_len > max_model_len:
         raise bad_request(
             f"This model's maximum context length is {max_model_len} tokens. However, you "
-            f"requested {prompt_len} tokens in the input for embedding generation. Please "
-            "reduce the length of the input.",
-            "input",
+            f"requested {prompt_len} tokens in the input for {operation}. Please reduce the "
+            "length of the input.",
+            param,
         )
 
 
@@ -130,20 +142,45 @@ def embeddings_body(
     prompt_tokens: int,
 ) -> bytes:
     """vLLM's ``EmbeddingResponse``."""
+    items = [
+        {"index": index, "object": "embedding", "embedding": encode_vector(vector, encoding_format)}
+        for index, vector in enumerate(vectors)
+    ]
+    return pooling_list_body(
+        response_id=response_id, model=model, items=items, prompt_tokens=prompt_tokens
+    )
+
+
+def pooling_body(
+    *,
+    response_id: str,
+    model: str,
+    vectors: Sequence[np.ndarray[Any, np.dtype[np.float32]]],
+    encoding_format: str,
+    prompt_tokens: int,
+) -> bytes:
+    """vLLM's ``PoolingResponse`` (``POST /pooling``): the pooled vector of each input."""
+    items = [
+        {"index": index, "object": "pooling", "data": encode_vector(vector, encoding_format)}
+        for index, vector in enumerate(vectors)
+    ]
+    return pooling_list_body(
+        response_id=response_id, model=model, items=items, prompt_tokens=prompt_tokens
+    )
+
+
+def pooling_list_body(
+    *, response_id: str, model: str, items: Sequence[dict[str, Any]], prompt_tokens: int
+) -> bytes:
+    """The list envelope vLLM's embeddings, pooling, score and classify answers share, with
+    its ``UsageInfo``: prompt tokens only."""
     return orjson.dumps(
         {
             "id": response_id,
             "object": "list",
             "created": int(time.time()),
             "model": model,
-            "data": [
-                {
-                    "index": index,
-                    "object": "embedding",
-                    "embedding": encode_vector(vector, encoding_format),
-                }
-                for index, vector in enumerate(vectors)
-            ],
+            "data": items,
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "total_tokens": prompt_tokens,

@@ -1,29 +1,28 @@
 """``POST /v1/embeddings`` on a sim: every input is a prefill-only request on the engine.
 
-Each prompt is queued like a completion whose output limit is 0: the engine prefills it on
-its usual schedule (queueing, chunked prefill, prefix cache, speed) and finishes it at the
-end of the prefill, with nothing streamed. All inputs of one request are queued at once, as
-vLLM queues the prompts of a batch. In the metrics an embedding counts its prompt tokens,
-a TTFT at the end of its prefill, one generation token and a ``length`` finish (vLLM counts
-no generation token for pooling requests).
+Each prompt is queued like a completion whose output limit is 0
+(:meth:`~loadtest.sim.frontend.SimFrontend.prefill`, shared with the other pooling routes):
+the engine prefills it on its usual schedule (queueing, chunked prefill, prefix cache, speed)
+and finishes it at the end of the prefill, with nothing streamed. All inputs of one request
+are queued at once, as vLLM queues the prompts of a batch. In the metrics an embedding counts
+its prompt tokens, a TTFT at the end of its prefill, one generation token and a ``length``
+finish (vLLM counts no generation token for pooling requests).
 """
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Callable
 
 from aiohttp import web
 
 from loadtest.sim.embeddings import (
-    check_embedding_length,
+    check_input_length,
     embedding_vector,
     embeddings_body,
     parse_embedding_request,
 )
-from loadtest.sim.frontend import PromptInfo, SimFrontend, wait_until_done
-from loadtest.sim.request import SimRequest
+from loadtest.sim.frontend import SimFrontend
 
 
 class EmbeddingsHandlers:
@@ -39,31 +38,11 @@ class EmbeddingsHandlers:
         config = frontend.config
         parsed = parse_embedding_request(await request.read(), config.model, config.lora_adapters)
         adapter = frontend.adapter_of(parsed.model)
-        prompts: list[PromptInfo] = []
-        if parsed.texts is not None:
-            prompts = [await frontend.text_prompt(text, adapter) for text in parsed.texts]
-        elif parsed.token_ids is not None:
-            prompts = [await frontend.ids_prompt(ids, adapter) for ids in parsed.token_ids]
+        prompts = [await frontend.prompt(entry, adapter) for entry in parsed.inputs]
         for prompt in prompts:
-            check_embedding_length(prompt.num_tokens, config.max_model_len)
+            check_input_length(prompt.num_tokens, config.max_model_len)
         request_id = f"embd-{uuid.uuid4().hex}"
-        sim_requests = [
-            SimRequest(
-                request_id=f"{request_id}-{index}",
-                prompt_len=prompt.num_tokens,
-                block_hashes=prompt.block_hashes,
-                max_tokens=0,
-                output_len=0,
-                stream=False,
-                arrival_s=arrival_s,
-            )
-            for index, prompt in enumerate(prompts)
-        ]
-        with contextlib.ExitStack() as queued:
-            for sim_request in sim_requests:
-                queued.enter_context(frontend.submitted(sim_request, adapter))
-            for sim_request in sim_requests:
-                await wait_until_done(sim_request)
+        await frontend.prefill(prompts, adapter, request_id=request_id, arrival_s=arrival_s)
         body = embeddings_body(
             response_id=request_id,
             model=parsed.model,

@@ -1,12 +1,15 @@
 """What every route that runs the engine shares, whatever its wire format.
 
-Completions, chat, the Responses API and embeddings differ only in how they parse a request
-and shape the answer. Underneath, each one turns a prompt into a :class:`PromptInfo` (its
-length, KV block hashes and a content digest), queues a
-:class:`~loadtest.sim.request.SimRequest` in the engine, follows its tokens, and aborts it if
-the handler leaves early. :class:`SimFrontend` does those steps once for all of them (vLLM's
-``EngineClient`` plays this part there), so every route loads the pod the same way and shows
-up in the same metrics. It also owns the tokenizer, loaded off the event loop at startup.
+Completions, chat, the Responses API and the pooling routes (embeddings, score, rerank,
+classify, pooling) differ only in how they parse a request and shape the answer. Underneath,
+each one turns a prompt into a :class:`PromptInfo` (its length, KV block hashes and a content
+digest), queues a :class:`~loadtest.sim.request.SimRequest` in the engine, follows its
+tokens, and aborts it if the handler leaves early. :class:`SimFrontend` does those steps
+once for all of them (vLLM's ``EngineClient`` plays this part there), so every route loads
+the pod the same way and shows up in the same metrics. It also owns the tokenizer, loaded off
+the event loop at startup.
+The pooling routes share one more step, :meth:`SimFrontend.prefill`: their prompts run as
+prefill-only requests, all queued at once.
 
 Prompts of a LoRA adapter hash their KV blocks under a root of their own: vLLM keys cached
 blocks by adapter too, so an adapter never reuses the base model's prefix cache or another
@@ -29,7 +32,7 @@ from loadtest.sim.config import SimConfig
 from loadtest.sim.engines import SimEngine
 from loadtest.sim.kvcache import ROOT_BLOCK_HASH, hash_prompt_blocks
 from loadtest.sim.lora import LoraTracker
-from loadtest.sim.protocol import engine_stopped
+from loadtest.sim.protocol import Prompt, engine_stopped
 from loadtest.sim.request import RequestState, SimRequest, draw_output_len
 
 # Above these sizes, tokenizing and hashing move to a worker thread so the step loop and the
@@ -70,6 +73,12 @@ def prompt_info(
 
 def _text_prompt_info(tokenizer: Tokenizer, text: str, block_size: int, root: int) -> PromptInfo:
     return prompt_info(tokenizer.encode(text), block_size, root=root)
+
+
+def sample_digest(prompt: PromptInfo, sample: int) -> int:
+    """What seeds sample ``sample`` of a prompt (its length, its words): the prompt's digest
+    for the first, a mix of both for the others, so ``n`` samples differ from each other."""
+    return prompt.digest if sample == 0 else hash((prompt.digest, sample))
 
 
 async def token_progress(request: SimRequest) -> AsyncGenerator[tuple[int, int, bool], None]:
@@ -147,6 +156,12 @@ class SimFrontend:
             )
         return _text_prompt_info(tokenizer, text, block_size, root)
 
+    async def prompt(self, prompt: Prompt, adapter: str | None) -> PromptInfo:
+        """The :class:`PromptInfo` of a prompt given as text or as token ids."""
+        if isinstance(prompt, str):
+            return await self.text_prompt(prompt, adapter)
+        return await self.ids_prompt(prompt, adapter)
+
     async def ids_prompt(self, ids: Sequence[int], adapter: str | None) -> PromptInfo:
         block_size = self.config.block_size
         root = block_root(adapter)
@@ -157,15 +172,22 @@ class SimFrontend:
         return prompt_info(ids, block_size, root=root)
 
     def output_len(
-        self, prompt: PromptInfo, *, max_tokens: int, ignore_eos: bool, seed: int | None
+        self,
+        prompt: PromptInfo,
+        *,
+        max_tokens: int,
+        ignore_eos: bool,
+        seed: int | None,
+        sample: int = 0,
     ) -> int:
         """Tokens the request generates: ``max_tokens`` with ``ignore_eos``, else its drawn
-        (simulated) EOS position, deterministic in the prompt and ``seed``."""
+        (simulated) EOS position, deterministic in the prompt, ``seed`` and which of the
+        prompt's ``n`` samples it is."""
         if ignore_eos:
             return max_tokens
         config = self.config
         return draw_output_len(
-            prompt.digest,
+            sample_digest(prompt, sample),
             seed,
             sim_seed=config.seed,
             median=config.output_len_median_tokens,
@@ -185,3 +207,32 @@ class SimFrontend:
             if not request.done:
                 self.engine.abort(request)
             self.lora.ended(adapter, request)
+
+    async def prefill(
+        self,
+        prompts: Sequence[PromptInfo],
+        adapter: str | None,
+        *,
+        request_id: str,
+        arrival_s: float,
+    ) -> None:
+        """Run each prompt as a prefill-only request (output limit 0, nothing streamed), all
+        queued at once as vLLM queues a pooling batch; return when all are done (503 if the
+        engine stopped first). The pooling routes' shared path to the engine."""
+        sim_requests = [
+            SimRequest(
+                request_id=f"{request_id}-{index}",
+                prompt_len=prompt.num_tokens,
+                block_hashes=prompt.block_hashes,
+                max_tokens=0,
+                output_len=0,
+                stream=False,
+                arrival_s=arrival_s,
+            )
+            for index, prompt in enumerate(prompts)
+        ]
+        with contextlib.ExitStack() as queued:
+            for sim_request in sim_requests:
+                queued.enter_context(self.submitted(sim_request, adapter))
+            for sim_request in sim_requests:
+                await wait_until_done(sim_request)

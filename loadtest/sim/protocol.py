@@ -9,9 +9,9 @@ Nothing here imports aiohttp; the server module adapts it to HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -33,10 +33,10 @@ FILLER_WORDS: tuple[str, ...] = (
 # Each filler word as a JSON string, spliced into pre-encoded events.
 FILLER_JSON: tuple[bytes, ...] = tuple(orjson.dumps(word) for word in FILLER_WORDS)
 
-_T = TypeVar("_T")
-
 SSE_DONE = b"data: [DONE]\n\n"
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+# A sanity bound on sequences per prompt (vLLM has none): each one is an engine request.
+MAX_N = 16
 # What GET /version reports: a vLLM release whose API and metrics the sim follows.
 VLLM_VERSION = "0.10.2"
 
@@ -81,14 +81,20 @@ def engine_stopped() -> ApiError:
     return ApiError(503, "the engine stopped", error_type="ServiceUnavailableError")
 
 
+# One prompt of a request: its text, or its token ids.
+Prompt = str | list[int]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ParsedRequest:
     """The fields of a completions or chat request that the simulator acts on. ``model`` is
-    the name the request asked for: the base model or one of its LoRA adapters."""
+    the name the request asked for: the base model or one of its LoRA adapters. ``prompts``
+    has one entry per prompt (a completions batch may have several; chat has one), and each
+    prompt is sampled ``n`` times."""
 
     chat: bool
-    prompt_text: str | None
-    prompt_ids: list[int] | None
+    prompts: list[Prompt]
+    n: int
     max_tokens: int | None
     stream: bool
     include_usage: bool
@@ -100,24 +106,23 @@ class ParsedRequest:
 def parse_completion_request(
     body: bytes, served_model: str, adapters: Collection[str] = ()
 ) -> ParsedRequest:
-    """Parse ``/v1/completions``. A list of several prompts is rejected (400): the simulator
-    serves one sequence per request, like ``n=1``."""
+    """Parse ``/v1/completions``: ``prompt`` is a string, a list of token ids, or a batch (a
+    list of strings or of token-id lists), one engine request per prompt as in vLLM."""
     fields = load_object(body)
     common = _common_fields(fields, served_model, adapters)
     prompt = fields.get("prompt")
-    text: str | None = None
-    ids: list[int] | None = None
+    prompts: list[Prompt]
     if isinstance(prompt, str):
-        text = prompt
+        prompts = [prompt]
     elif isinstance(prompt, list) and prompt:
         if all(isinstance(item, str) for item in prompt):
-            text = _single(prompt)
+            prompts = list(prompt)
         elif all(is_token_id(item) for item in prompt):
-            ids = prompt
+            prompts = [prompt]
         elif all(isinstance(item, list) for item in prompt):
-            ids = _single(prompt)
-            if not ids or not all(is_token_id(item) for item in ids):
+            if not all(item and all(is_token_id(token) for token in item) for item in prompt):
                 raise bad_request("prompt must be a list of non-negative token ids", "prompt")
+            prompts = list(prompt)
         else:
             raise bad_request(
                 "prompt must be a string, a list of strings, a list of token ids "
@@ -126,9 +131,9 @@ def parse_completion_request(
             )
     else:
         raise bad_request("prompt is required and must not be empty", "prompt")
-    if text == "":
+    if "" in prompts:
         raise bad_request("prompt must not be empty", "prompt")
-    return ParsedRequest(chat=False, prompt_text=text, prompt_ids=ids, **common)
+    return ParsedRequest(chat=False, prompts=prompts, **common)
 
 
 def parse_chat_request(
@@ -143,9 +148,7 @@ def parse_chat_request(
         common["max_tokens"] = max_completion_tokens
     messages = parse_messages(fields)
     tools = optional_tools(fields)
-    return ParsedRequest(
-        chat=True, prompt_text=render_chat(messages, tools), prompt_ids=None, **common
-    )
+    return ParsedRequest(chat=True, prompts=[render_chat(messages, tools)], **common)
 
 
 def resolve_max_tokens(parsed: ParsedRequest, prompt_len: int, max_model_len: int) -> int:
@@ -188,21 +191,39 @@ def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -
 class StreamEncoder:
     """SSE bytes for one request's stream, built from templates encoded once per request."""
 
-    __slots__ = ("_chat", "_created", "_head", "_id", "_model", "_next", "_tail", "_word_offset")
+    __slots__ = (
+        "_chat",
+        "_created",
+        "_head",
+        "_id",
+        "_index",
+        "_model",
+        "_next",
+        "_tail",
+        "_word_offset",
+    )
 
     def __init__(
-        self, *, chat: bool, request_id: str, created: int, model: str, word_offset: int
+        self,
+        *,
+        chat: bool,
+        request_id: str,
+        created: int,
+        model: str,
+        word_offset: int,
+        index: int = 0,
     ) -> None:
         self._chat = chat
         self._id = request_id
         self._created = created
         self._model = model
         self._word_offset = word_offset
+        self._index = index
         obj = "chat.completion.chunk" if chat else "text_completion"
         prefix = (
             b'data: {"id":' + orjson.dumps(request_id) + b',"object":"' + obj.encode()
             + b'","created":' + str(created).encode() + b',"model":' + orjson.dumps(model)
-            + b',"choices":[{"index":0,'
+            + b',"choices":[{"index":' + str(index).encode() + b","
         )  # fmt: skip
         if chat:
             self._head = prefix + b'"delta":{"content":'
@@ -254,7 +275,9 @@ class StreamEncoder:
             "object": "chat.completion.chunk",
             "created": self._created,
             "model": self._model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
+            "choices": [
+                {"index": self._index, "delta": delta, "logprobs": None, "finish_reason": None}
+            ],
         }
 
 
@@ -264,36 +287,41 @@ def completion_body(
     request_id: str,
     created: int,
     model: str,
-    text: str,
-    finish_reason: str,
+    choices: Sequence[tuple[str, str]],
     usage: dict[str, Any],
 ) -> bytes:
-    """The non-streaming response, as vLLM shapes it."""
-    choice: dict[str, Any]
+    """The non-streaming response, as vLLM shapes it: ``choices`` holds each choice's text and
+    finish reason, in index order."""
     if chat:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "tool_calls": []},
-            "logprobs": None,
-            "finish_reason": finish_reason,
-            "stop_reason": None,
-        }
+        items = [
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": text, "tool_calls": []},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+                "stop_reason": None,
+            }
+            for index, (text, finish_reason) in enumerate(choices)
+        ]
     else:
-        choice = {
-            "index": 0,
-            "text": text,
-            "logprobs": None,
-            "finish_reason": finish_reason,
-            "stop_reason": None,
-            "prompt_logprobs": None,
-        }
+        items = [
+            {
+                "index": index,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": finish_reason,
+                "stop_reason": None,
+                "prompt_logprobs": None,
+            }
+            for index, (text, finish_reason) in enumerate(choices)
+        ]
     return orjson.dumps(
         {
             "id": request_id,
             "object": "chat.completion" if chat else "text_completion",
             "created": created,
             "model": model,
-            "choices": [choice],
+            "choices": items,
             "usage": usage,
         }
     )
@@ -346,8 +374,8 @@ def _common_fields(
 ) -> dict[str, Any]:
     model = resolve_model(fields, served_model, adapters)
     n = optional_int(fields, "n", minimum=1)
-    if n is not None and n != 1:
-        raise bad_request("the simulator only supports n=1", "n")
+    if n is not None and n > MAX_N:
+        raise bad_request(f"n must be at most {MAX_N} in the simulator, got {n}.", "n")
     stream = optional_bool(fields, "stream")
     stream_options = fields.get("stream_options")
     include_usage = False
@@ -360,6 +388,7 @@ def _common_fields(
             raise bad_request("stream_options must be an object", "stream_options")
         include_usage = optional_bool(stream_options, "include_usage")
     return {
+        "n": 1 if n is None else n,
         "max_tokens": optional_int(fields, "max_tokens", minimum=1),
         "stream": stream,
         "include_usage": include_usage,
@@ -391,9 +420,3 @@ def optional_bool(fields: Mapping[str, Any], name: str, *, default: bool = False
 
 def is_token_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _single(items: list[_T]) -> _T:
-    if len(items) != 1:
-        raise bad_request("batched prompts not supported", "prompt")
-    return items[0]

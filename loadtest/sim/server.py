@@ -16,6 +16,11 @@ Routes::
     POST /v1/responses           OpenAI Responses API (stream and non-stream), see responses.py
     GET  /v1/responses/{id}      a response this pod produced (404 if unknown or forgotten)
     POST /v1/embeddings          OpenAI embeddings, prefill-only requests on the engine
+    POST /pooling                vLLM's pooling: a vector per input, like embeddings
+    POST /classify               vLLM's classification: class probabilities per input
+    POST /score, /v1/score       vLLM's score: one score per (text_1, text_2) pair
+    POST /rerank, /v1/rerank, /v2/rerank
+                                 vLLM's (Jina-style) rerank: documents by relevance to a query
     GET  /v1/models              the served model and its LoRA adapters
     POST /tokenize               vLLM's tokenizer endpoint (prompt or messages)
     POST /detokenize             vLLM's: token ids back to text
@@ -28,9 +33,13 @@ Routes::
     POST /sim/speed              {"speed": new > 0}: slow the pod down or speed it up now
 
 The routes that run the engine live in their own handler modules (``completions_handler``,
-``responses_handler``, ``embeddings_handler``) and all go through one
+``responses_handler``, ``embeddings_handler``, ``pooling_handler``) and all go through one
 :class:`~loadtest.sim.frontend.SimFrontend`, so they load the pod and show in its metrics
 alike; this module keeps the routes that only read or set state.
+
+Errors: an :class:`~loadtest.sim.protocol.ApiError` becomes an OpenAI-style JSON error; a path
+no route serves gets FastAPI's ``{"detail": "Not Found"}`` (and a known path with another
+method ``{"detail": "Method Not Allowed"}``, a 405 with ``Allow``), as vLLM's server answers.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import TypeVar
 
 import orjson
@@ -55,6 +65,7 @@ from loadtest.sim.engines import SimEngine, create_engine, running_engine
 from loadtest.sim.frontend import LARGE_PROMPT_TOKENS, SimFrontend
 from loadtest.sim.lora import LoraTracker
 from loadtest.sim.metrics import create_registry, metrics_exposition
+from loadtest.sim.pooling_handler import PoolingHandlers
 from loadtest.sim.protocol import VLLM_VERSION, ApiError, bad_request
 from loadtest.sim.response_store import ResponseStore
 from loadtest.sim.responses_handler import ResponsesHandlers
@@ -215,6 +226,7 @@ def create_sim_app(
     completions = CompletionHandlers(frontend, clock=clock)
     responses = ResponsesHandlers(frontend, ResponseStore(), clock=clock)
     embeddings = EmbeddingsHandlers(frontend, clock=clock)
+    pooling = PoolingHandlers(frontend, clock=clock)
 
     app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE_BYTES)
     app[SIM_CONFIG_KEY] = config
@@ -227,6 +239,12 @@ def create_sim_app(
     app.router.add_post("/v1/responses", responses.create)
     app.router.add_get("/v1/responses/{response_id}", responses.retrieve)
     app.router.add_post("/v1/embeddings", embeddings.embeddings)
+    app.router.add_post("/pooling", pooling.pooling)
+    app.router.add_post("/classify", pooling.classify)
+    for path in ("/score", "/v1/score"):
+        app.router.add_post(path, pooling.score)
+    for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+        app.router.add_post(path, pooling.rerank)
     app.router.add_get("/v1/models", handlers.models)
     app.router.add_post("/tokenize", handlers.tokenize)
     app.router.add_post("/detokenize", handlers.detokenize)
@@ -292,7 +310,20 @@ async def start_sim_server(
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one place an :class:`ApiError` becomes an OpenAI-style JSON error response."""
+    """The one place errors become JSON: an :class:`ApiError` OpenAI-style, a request no route
+    matches as FastAPI (so vLLM) answers it, ``{"detail": "Not Found"}`` or
+    ``{"detail": "Method Not Allowed"}``."""
+    routing_error = request.match_info.http_exception
+    if routing_error is not None:
+        headers = {}
+        if hdrs.ALLOW in routing_error.headers:
+            headers[hdrs.ALLOW] = routing_error.headers[hdrs.ALLOW]
+        return web.Response(
+            status=routing_error.status,
+            body=orjson.dumps({"detail": HTTPStatus(routing_error.status).phrase}),
+            content_type="application/json",
+            headers=headers,
+        )
     try:
         return await handler(request)
     except ApiError as exc:

@@ -9,7 +9,7 @@ from dataclasses import replace
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpServer
 
 from config import ConfigError, ServerConfig
@@ -133,13 +133,14 @@ def test_a_passthrough_path_cannot_shadow_a_gateway_route() -> None:
 
 
 async def test_a_pod_that_does_not_serve_a_pooling_route_answers_for_itself(
-    two_models: list[SimServer], make_gateway: MakeGateway, recorder: Recorder
+    instant_backend: TestServer, make_gateway: MakeGateway, recorder: Recorder
 ) -> None:
-    gw = await make_gateway(gateway_config(two_models[0].url))
+    gw = await make_gateway(gateway_config(server_url(instant_backend)))
     await models_known(gw, 1)
-    resp = await gw.post("/v1/rerank", json={"model": "sim-llm", "query": "q", "documents": ["a"]})
-    assert resp.status == 404  # the sim has no reranker: its own 404, relayed
-    assert resp.headers["x-slogate-endpoint"] == two_models[0].url.removeprefix("http://")
+    model = orjson.loads(await (await gw.get("/v1/models")).read())["data"][0]["id"]
+    resp = await gw.post("/v1/rerank", json={"model": model, "query": "q", "documents": ["a"]})
+    assert resp.status == 404  # the backend has no reranker: its own 404, relayed
+    assert resp.headers["x-slogate-endpoint"] == server_url(instant_backend).removeprefix("http://")
     await asyncio.wait_for(recorder.ended.wait(), 5)
     assert recorder.records[0].outcome is Outcome.UPSTREAM_ERROR
 

@@ -177,9 +177,9 @@ async def test_token_id_prompts(client: Client) -> None:
         ("/v1/completions", b'{"model": "sim-llm", "prompt": ', 400, "BadRequestError"),
         ("/v1/chat/completions", b"not json", 400, "BadRequestError"),
         ("/v1/completions", b'{"prompt": "x", "max_tokens": "many"}', 400, "BadRequestError"),
-        ("/v1/completions", b'{"prompt": ["a", "b"]}', 400, "BadRequestError"),
+        ("/v1/completions", b'{"prompt": "x", "n": 17}', 400, "BadRequestError"),
     ],
-    ids=["completion-model", "chat-model", "truncated-json", "chat-json", "type", "batch"],
+    ids=["completion-model", "chat-model", "truncated-json", "chat-json", "type", "n-too-large"],
 )
 async def test_openai_style_errors(
     client: Client, path: str, body: bytes, status: int, error_type: str

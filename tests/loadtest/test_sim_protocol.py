@@ -73,19 +73,21 @@ def test_empty_token_range_encodes_nothing() -> None:
 
 
 @pytest.mark.parametrize(
-    ("prompt", "text", "ids"),
+    ("prompt", "prompts"),
     [
-        ("hello", "hello", None),
-        (["hello"], "hello", None),
-        ([1, 2, 3], None, [1, 2, 3]),
-        ([[4, 5]], None, [4, 5]),
+        ("hello", ["hello"]),
+        (["hello"], ["hello"]),
+        ([1, 2, 3], [[1, 2, 3]]),
+        ([[4, 5]], [[4, 5]]),
+        (["a", "b"], ["a", "b"]),
+        ([[1], [2, 3]], [[1], [2, 3]]),
     ],
-    ids=["string", "one-string-list", "ids", "one-ids-list"],
+    ids=["string", "one-string-list", "ids", "one-ids-list", "batched-strings", "batched-ids"],
 )
-def test_completion_prompt_forms(prompt: object, text: str | None, ids: list[int] | None) -> None:
+def test_completion_prompt_forms(prompt: object, prompts: list[str | list[int]]) -> None:
     parsed = parse_completion_request(orjson.dumps({"model": MODEL, "prompt": prompt}), MODEL)
-    assert parsed.prompt_text == text
-    assert parsed.prompt_ids == ids
+    assert parsed.prompts == prompts
+    assert parsed.n == 1
     assert parsed.max_tokens is None
     assert not parsed.stream
 
@@ -96,8 +98,8 @@ def test_completion_prompt_forms(prompt: object, text: str | None, ids: list[int
         (b"{not json", 400, None),
         (b"[1, 2]", 400, None),
         (b'{"model": "other", "prompt": "x"}', 404, "model"),
-        (b'{"prompt": ["a", "b"]}', 400, "prompt"),
-        (b'{"prompt": [[1], [2]]}', 400, "prompt"),
+        (b'{"prompt": ["a", ""]}', 400, "prompt"),
+        (b'{"prompt": [[1], []]}', 400, "prompt"),
         (b'{"prompt": [1, "a"]}', 400, "prompt"),
         (b'{"prompt": ""}', 400, "prompt"),
         (b'{"prompt": []}', 400, "prompt"),
@@ -107,14 +109,15 @@ def test_completion_prompt_forms(prompt: object, text: str | None, ids: list[int
         (b'{"prompt": "x", "max_tokens": true}', 400, "max_tokens"),
         (b'{"prompt": "x", "stream": "yes"}', 400, "stream"),
         (b'{"prompt": "x", "stream_options": {"include_usage": true}}', 400, "stream_options"),
-        (b'{"prompt": "x", "n": 2}', 400, "n"),
+        (b'{"prompt": "x", "n": 17}', 400, "n"),
+        (b'{"prompt": "x", "n": 0}', 400, "n"),
     ],
     ids=[
         "bad-json",
         "not-object",
         "unknown-model",
-        "batched-strings",
-        "batched-ids",
+        "empty-string-in-batch",
+        "empty-ids-in-batch",
         "mixed-list",
         "empty-string",
         "empty-list",
@@ -124,7 +127,8 @@ def test_completion_prompt_forms(prompt: object, text: str | None, ids: list[int
         "max-tokens-bool",
         "stream-string",
         "stream-options-without-stream",
-        "n-2",
+        "n-too-large",
+        "n-zero",
     ],
 )
 def test_completion_errors(body: bytes, status: int, param: str | None) -> None:
@@ -149,8 +153,9 @@ def test_chat_renders_messages_and_prefers_max_completion_tokens() -> None:
     }
     parsed = parse_chat_request(orjson.dumps(body), MODEL)
     assert parsed.chat
-    assert parsed.prompt_text is not None
-    assert "be brief" in parsed.prompt_text
+    (prompt,) = parsed.prompts
+    assert isinstance(prompt, str)
+    assert "be brief" in prompt
     assert parsed.max_tokens == 4
     assert parsed.include_usage
 

@@ -145,8 +145,14 @@ async def test_version_is_a_vllm_release(sim: Sim) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/v1/rerank"), ("GET", "/v1/responses/a/b"), ("POST", "/pooling"), ("GET", "/v2/x")],
+    [
+        ("POST", "/v1/audio"),
+        ("GET", "/v1/responses/a/b"),
+        ("POST", "/v1/images/generations"),
+        ("GET", "/v2/x"),
+    ],
 )
 async def test_unknown_routes_stay_404(sim: Sim, method: str, path: str) -> None:
     response = await sim.http.request(method, sim.server.url + path, json={})
     assert response.status == 404
+    assert await response.json() == {"detail": "Not Found"}  # FastAPI's, as vLLM answers
