@@ -38,6 +38,8 @@ from scheduler.predictor.runtime import LatencyPredictor
 
 SPEEDS = (1.0, 2.0, 0.5, 1.5)
 MODEL = "sim-llm"
+ADAPTER = "sim-llm-lora"
+"""A LoRA adapter the first two simulated pods serve (``--lora``)."""
 SYSTEM_PROMPTS = tuple(
     f"You are assistant #{i}. " + "Answer carefully, cite sources and be concise. " * 40
     for i in range(4)
@@ -57,10 +59,13 @@ def run_demo(*, pods: int, duration_s: float | None, port: int, preset: str | No
     speeds = [SPEEDS[i % len(SPEEDS)] for i in range(pods)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "gateway", "sim", "--port", str(p), "--speed", str(s)],
+            [
+                *(sys.executable, "-m", "gateway", "sim", "--port", str(p), "--speed", str(s)),
+                *(("--lora", ADAPTER) if i < 2 else ()),
+            ],
             stdout=subprocess.DEVNULL,
         )
-        for p, s in zip(ports, speeds, strict=True)
+        for i, (p, s) in enumerate(zip(ports, speeds, strict=True))
     ]
     loop = new_event_loop()
     try:
@@ -238,6 +243,19 @@ Try it:
 
   python -c "from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='none'); \\
 print(c.chat.completions.create(model='{MODEL}', messages=[{{'role': 'user', 'content': 'Hi'}}]))"
+
+  # the Responses API, embeddings, a LoRA adapter (served by the first two pods only)
+  curl -s {base}/v1/responses -H 'content-type: application/json' \\
+    -d '{{"model": "{MODEL}", "input": "Hello", "max_output_tokens": 16}}'
+  curl -s {base}/v1/embeddings -H 'content-type: application/json' \\
+    -d '{{"model": "{MODEL}", "input": ["a", "b"]}}' | head -c 200; echo
+  curl -si {base}/v1/completions -H 'content-type: application/json' \\
+    -d '{{"model": "{ADAPTER}", "prompt": "Hi", "max_tokens": 8}}' | grep -i x-slogate-endpoint
+
+  # a latency objective (any preset parses it; --preset predicted-latency-slo routes by it)
+  curl -s {base}/v1/completions -H 'content-type: application/json' \\
+    -H 'x-llm-d-slo-ttft-ms: 500' -H 'x-llm-d-inference-objective: sheddable' \\
+    -d '{{"model": "{MODEL}", "prompt": "Hi", "max_tokens": 8}}'
 
   curl -s {base}/metrics | grep inference_objective_request_ttft
 """
