@@ -37,6 +37,53 @@ class ServerConfig:
     """Responses API: how many recent response ids the gateway remembers the endpoint of, so
     that ``previous_response_id`` and ``GET /v1/responses/{id}`` reach the pod that stores the
     response (LRU); 0: none."""
+    # -- bad input: every limit answers a 4xx (408 for time) with an OpenAI-style error --
+    body_read_timeout_s: float = _bounded(60.0, gt=0)
+    """Longest time to receive a request body once its headers are in; then 408 and the
+    connection is closed (a client trickling its body holds nothing longer)."""
+    keepalive_timeout_s: float = _bounded(75.0, gt=0)
+    """An idle connection is closed after this long. It is also the longest time a client gets
+    to send a request's headers (counted from the connection's start or the previous response):
+    aiohttp has no separate header timeout, so a client trickling headers is cut off here."""
+    max_request_line_bytes: int = _bounded(8190, ge=256)
+    """Longest request line (method, path and query); longer: 400, connection closed."""
+    max_header_bytes: int = _bounded(8190, ge=256)
+    """Longest single header field; longer: 400, connection closed."""
+    max_headers: int = _bounded(128, ge=8)
+    """Most header fields in one request; more: 400, connection closed."""
+    max_prompt_chars: int = _bounded(4 * 1024 * 1024, gt=0)
+    """Longest prompt given as text, in characters (all of a request's prompts and messages
+    together), checked before tokenizing so tokenization stays bounded in time; longer: 400
+    ``prompt_too_long``."""
+    max_prompt_tokens: int = _bounded(1024 * 1024, gt=0)
+    """Longest prompt given as token ids (all of a request's prompts together); longer: 400
+    ``prompt_too_long``."""
+    max_tokens_limit: int = _bounded(1024 * 1024, gt=0)
+    """Largest ``max_tokens`` (``max_completion_tokens``, ``max_output_tokens``) accepted;
+    larger: 400."""
+    max_n: int = _bounded(128, gt=0)
+    """Largest ``n`` (sequences per prompt) accepted; larger: 400."""
+    max_batch_size: int = _bounded(4096, gt=0)
+    """Most prompts (or pooling inputs, score and rerank pairs) in one request; more: 400."""
+    # -- security --
+    api_keys_file: str = ""
+    """A file of client API keys, one per line (``#`` comments and blank lines ignored); keys
+    also come from the ``SLOGATE_API_KEYS`` environment variable (comma-separated). With any
+    key, every route but ``/health``, ``/ready`` and ``/metrics`` needs ``Authorization: Bearer
+    <key>`` (else 401 ``invalid_api_key``). No key anywhere: no client authentication."""
+    metrics_token: str = field(default="", repr=False)
+    """A bearer token ``/metrics`` requires (else 401); empty (and no file): ``/metrics`` is
+    open."""
+    metrics_token_file: str = ""
+    """A file holding the ``/metrics`` token (its first non-comment line), instead of
+    ``metrics_token``."""
+    tls_cert_file: str = ""
+    """PEM certificate chain: the listener speaks HTTPS (``slogate serve``). Needs
+    ``tls_key_file``. Both files are re-read when they change (new connections get the new
+    certificate)."""
+    tls_key_file: str = ""
+    tls_reload_interval_s: float = _bounded(5.0, gt=0)
+    """How often the certificate files are checked for a change."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,7 +94,45 @@ class UpstreamConfig:
     max_connections: int = _bounded(0, ge=0)
     """Connection pool size across all endpoints; 0 means unlimited."""
     retries: int = _bounded(1, ge=0)
-    """Extra attempts on another endpoint when connecting fails (never after a byte was sent)."""
+    """Extra attempts of a request, each on the next endpoint the scheduler ranked, when an
+    attempt fails before any byte reached the client: connection refused or reset, a 5xx, 429
+    or 503 answer. Never after a byte was relayed; never for a timeout or another 4xx."""
+    retry_backoff_base_ms: float = _bounded(25.0, gt=0)
+    """Wait before a retry: doubles per retry of the request, jittered in its upper half."""
+    retry_backoff_max_ms: float = _bounded(250.0, gt=0)
+    """The longest wait before a retry."""
+    retry_budget_percent: float = _bounded(20.0, ge=0, le=100)
+    """Retries in flight at most this share of the requests in flight (Envoy's retry budget),
+    so that the retries of a failing endpoint's requests cannot double the others' load."""
+    retry_budget_min_concurrency: int = _bounded(3, ge=0)
+    """Retries in flight always allowed, whatever the share (Envoy's min_retry_concurrency)."""
+    consecutive_failures: int = _bounded(5, ge=0)
+    """Outlier detection: an endpoint failing this many attempts in a row (connection refused or
+    reset, a 5xx other than 503, a timeout, a broken stream) is ejected from routing; 0: never.
+    429, 503 (busy, not dead) and other 4xx (the request's fault) never count."""
+    base_ejection_ms: float = _bounded(30_000.0, gt=0)
+    """An ejection lasts this times the endpoint's recent ejections (one fewer per period of
+    this length it stayed in the pool since)."""
+    max_ejection_ms: float = _bounded(300_000.0, gt=0)
+    """The longest ejection."""
+    max_ejection_percent: float = _bounded(50.0, ge=0, le=100)
+    """Never more than this share of the pool ejected at once."""
+    health_check_interval_ms: float = _bounded(5000.0, gt=0)
+    """An ejected endpoint is checked this often: it returns early when a metrics scrape
+    succeeded since its ejection or it answers ``GET /health`` with 200."""
+    # -- security (issue 11): pod authentication and TLS; keep these fields last --
+    forward_authorization: bool = False
+    """Relay the client's ``Authorization`` header to the pods as it came. Off: the gateway
+    never forwards it (the client's key is the gateway's business, not the pods')."""
+    authorization: str = field(default="", repr=False)
+    """A bearer token the gateway sends to the pods (vLLM's ``--api-key``) on every request,
+    scrapes and model discovery included. Excludes ``forward_authorization``."""
+    authorization_file: str = ""
+    """A file holding that token (its first non-comment line), instead of ``authorization``."""
+    tls_verify: bool = True
+    """Verify the certificate of ``https://`` endpoints."""
+    tls_ca_file: str = ""
+    """PEM CA bundle trusted for ``https://`` endpoints instead of the system store."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

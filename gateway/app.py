@@ -1,7 +1,8 @@
 """The app factory: ``create_app(cfg, deps)`` wires the gateway from config and dependencies.
 
 Resources with a lifetime (the relay's client session, the control-plane session used by the
-scraper and model discovery, their background tasks) live in ``cleanup_ctx`` generators, so a
+scraper, model discovery and the health checks of ejected endpoints, their background tasks)
+live in ``cleanup_ctx`` generators, so a
 test that builds the app gets exactly what production gets, and shutdown releases everything.
 The two sessions are configured for their jobs: the relay's passes bytes through untouched, the
 control session asks for and decodes compressed answers.
@@ -11,25 +12,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
 from config import EndpointConfig, GatewayConfig
-from gateway.backends.control_session import ControlSessionConfig
+from gateway.auth import AccessPolicy
+from gateway.backends.control_session import ControlSessionConfig, make_control_session
 from gateway.backends.discovery import run_discovery
+from gateway.backends.health_check import HealthChecker
+from gateway.backends.outliers import OutlierDetector
 from gateway.backends.pool_state import ScrapeStatus
 from gateway.backends.scraper import EndpointScraper
 from gateway.deps import Dependencies
 from gateway.director import Director
+from gateway.faults import FaultReporter
 from gateway.keys import gateway_key
-from gateway.middlewares import make_error_middleware
+from gateway.limits import RequestLimits
+from gateway.middlewares import (
+    make_access_middleware,
+    make_body_middleware,
+    make_error_middleware,
+)
 from gateway.passthrough import Passthrough
+from gateway.pod_access import control_session_factory, pod_headers, pod_ssl
 from gateway.predictor_telemetry import PredictorMetrics, PredictorStateCollector
 from gateway.response_pods import ResponsePods
+from gateway.retries import RetryPolicy
 from gateway.routes import setup_routes
 from gateway.telemetry import GatewayMetrics
 from gateway.tokenizer import PromptEncoder, load_tokenizer
@@ -51,7 +64,9 @@ def endpoint_from_config(cfg: EndpointConfig) -> Endpoint:
 class Gateway:
     """Everything one gateway instance owns; reachable from handlers via ``gateway_key``."""
 
-    def __init__(self, cfg: GatewayConfig, deps: Dependencies) -> None:
+    def __init__(
+        self, cfg: GatewayConfig, deps: Dependencies, environ: Mapping[str, str] | None = None
+    ) -> None:
         self.cfg = cfg
         self.clock = deps.clock
         self.rng = deps.rng
@@ -93,17 +108,33 @@ class Gateway:
             predictor_metrics = PredictorMetrics(self.metrics.registry)
             self.predictor.hooks = predictor_metrics
             self.metrics.registry.register(PredictorStateCollector(self.predictor, self.trainer))
+        self.limits = RequestLimits.from_config(cfg.server)
+        self.access = AccessPolicy.from_config(cfg, os.environ if environ is None else environ)
+        """Client API keys, the /metrics token and the Authorization policy."""
+        # A bad CA file or pod token fails here, at start, naming its key.
+        pod_ssl(cfg.upstream)
+        pod_headers(cfg.upstream)
         self._session_factory = deps.session_factory
         self._control_session_factory = deps.control_session_factory
+        if self._control_session_factory is make_control_session:
+            self._control_session_factory = control_session_factory(cfg.upstream)
         self._session: aiohttp.ClientSession | None = None
         self._control_session: aiohttp.ClientSession | None = None
         self.response_pods = ResponsePods(cfg.server.max_response_ids)
         """The endpoint of each recent Responses API response (``previous_response_id``)."""
+        self.outliers = OutlierDetector(
+            self.store, cfg.upstream, metrics=self.metrics, clock=deps.clock
+        )
+        self.retries = RetryPolicy(cfg.upstream, clock=deps.clock, rng=deps.rng)
+        self.faults = FaultReporter(
+            store=self.store, outliers=self.outliers, metrics=self.metrics, clock=deps.clock
+        )
         self.passthrough = Passthrough(
             cfg=cfg,
             store=self.store,
             session=self.session,
-            metrics=self.metrics,
+            retries=self.retries,
+            faults=self.faults,
             clock=deps.clock,
             rng=deps.rng,
         )
@@ -117,6 +148,8 @@ class Gateway:
             observers=deps.observers,
             clock=deps.clock,
             rng=deps.rng,
+            retries=self.retries,
+            faults=self.faults,
             response_pods=self.response_pods,
         )
 
@@ -138,12 +171,13 @@ class Gateway:
 
     async def sessions_ctx(self, app: web.Application) -> AsyncIterator[None]:
         self._session = self._session_factory(self.cfg.upstream)
-        # Scrapes and discovery get their own small pool so they never wait behind streams.
+        # Scrapes, discovery and health checks get their own small pool so they never wait
+        # behind streams.
         self._control_session = self._control_session_factory(
             ControlSessionConfig(
                 connect_timeout_s=self.cfg.upstream.connect_timeout_s,
                 request_timeout_s=self.cfg.pool.scrape_timeout_ms / 1000,
-                max_connections=2 * max(1, len(self.store.endpoints)),
+                max_connections=3 * max(1, len(self.store.endpoints)),
             )
         )
         yield
@@ -169,6 +203,20 @@ class Gateway:
             )
             for endpoint in self.store.endpoints
         ]
+        if self.cfg.upstream.consecutive_failures:  # 0: outlier detection off, no ejections
+            tasks.append(
+                asyncio.create_task(
+                    HealthChecker(
+                        self.outliers,
+                        store=self.store,
+                        session=self.control_session,
+                        timeout_s=self.cfg.pool.scrape_timeout_ms / 1000,
+                        metrics=self.metrics,
+                        rng=self.rng,
+                    ).run(),
+                    name="health_check",
+                )
+            )
         if self.predictor.enabled:
             await self.trainer.restore()
             tasks.append(asyncio.create_task(self.trainer.run(), name="trainer"))
@@ -198,12 +246,25 @@ class Gateway:
         self.draining = True
 
 
-def create_app(cfg: GatewayConfig, deps: Dependencies | None = None) -> web.Application:
+def create_app(
+    cfg: GatewayConfig,
+    deps: Dependencies | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> web.Application:
+    """``environ``: where ``SLOGATE_API_KEYS`` is read (default: the process environment)."""
     deps = deps or Dependencies()
-    gateway = Gateway(cfg, deps)
+    gateway = Gateway(cfg, deps, environ)
     app = web.Application(
         client_max_size=cfg.server.max_body_bytes,
-        middlewares=[make_error_middleware(gateway.metrics, deps.clock)],
+        middlewares=[
+            make_error_middleware(gateway.metrics, deps.clock),
+            make_access_middleware(gateway.access),
+            make_body_middleware(
+                max_body_bytes=cfg.server.max_body_bytes,
+                timeout_s=cfg.server.body_read_timeout_s,
+            ),
+        ],
     )
     app[gateway_key] = gateway
     app.cleanup_ctx.append(gateway.sessions_ctx)

@@ -25,7 +25,10 @@ from config import (
 )
 from config.loader import check_scheduling
 from gateway.app import create_app
+from gateway.keys import gateway_key
+from gateway.listener import listener_settings
 from gateway.logs import configure_logging
+from gateway.tls import CertificateReloader
 
 logger = logging.getLogger(__name__)
 
@@ -117,11 +120,19 @@ def serve_config(args: argparse.Namespace) -> GatewayConfig:
 def run_gateway(cfg: GatewayConfig) -> None:
     configure_logging(cfg.logging.level, cfg.logging.format)
     app = create_app(cfg)
+    gateway = app[gateway_key]
+    tls = CertificateReloader.from_config(
+        cfg.server, on_error=gateway.metrics.background_task_errors.labels("tls_reload").inc
+    )
+    if tls is not None:
+        app.cleanup_ctx.append(tls.ctx)
     logger.info(
         "gateway.start",
         extra={
             "host": cfg.server.host,
             "port": cfg.server.port,
+            "tls": tls is not None,
+            "client_auth": bool(gateway.access.api_keys),
             "endpoints": [e.url for e in cfg.pool.endpoints],
         },
     )
@@ -130,10 +141,12 @@ def run_gateway(cfg: GatewayConfig) -> None:
         host=cfg.server.host,
         port=cfg.server.port,
         loop=new_event_loop(),
+        ssl_context=None if tls is None else tls.context,
         handler_cancellation=True,
         shutdown_timeout=cfg.server.shutdown_timeout_s,
         access_log=logging.getLogger("slogate.access") if cfg.server.access_log else None,
         print=None,
+        **listener_settings(cfg.server),
     )
 
 

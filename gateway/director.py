@@ -11,6 +11,16 @@ takes this one path. A Responses request naming a ``previous_response_id`` whose
 gateway knows goes to that pod only (``gateway.response_pods``): scheduled with it as the only
 candidate, so producers, admission and the bookkeeping of the pick still run; if that pod has
 left the pool or is down, a 404 says its state is gone.
+
+Dispatch tries the scheduler's targets in order. Whatever can fail before a byte reaches the
+client (the connection, the answer's status, a stream's first chunk, a whole non-streamed
+body) is an attempt's *fault* (``gateway.faults``): a retryable one moves on to the next target
+when ``gateway.retries`` allows (attempts left, the retry budget, the TTFT objective), after a
+jittered backoff; otherwise the client gets the last attempt's error, or its answer as the
+endpoint gave it. Once bytes were relayed nothing is retried: a stream the endpoint breaks or
+leaves silent for ``upstream.read_idle_timeout_s`` ends with an SSE error event. Every fault
+and every whole answer is reported to ``gateway.faults.FaultReporter`` (metrics, logs, outlier
+detection).
 """
 
 from __future__ import annotations
@@ -38,11 +48,21 @@ from gateway.errors import (
     error_body,
 )
 from gateway.explain import EXPLAIN_HEADER, describe, header_value
+from gateway.faults import (
+    ANSWER,
+    CUT,
+    Fault,
+    FaultReporter,
+    describe as describe_error,
+    exception_fault,
+    status_fault,
+)
 from gateway.flow_control import AdmissionQueue
 from gateway.objectives import Objectives
 from gateway.parsing import ParsedRequest, parse_request
 from gateway.proxy import REQUEST_ID_HEADER, downstream_headers, upstream_headers
 from gateway.response_pods import ResponsePods, pod_gone
+from gateway.retries import RequestRetries, RetryPolicy
 from gateway.streaming import ResponsesScanner, SseScanner, scan_json_body, scan_usage_only
 from gateway.telemetry import GatewayMetrics
 from gateway.tokenizer import PromptEncoder
@@ -61,7 +81,6 @@ from scheduler.scheduler import Scheduler
 logger = logging.getLogger(__name__)
 
 _SSE_CONTENT_TYPE = "text/event-stream"
-_CONNECT_ERRORS = (aiohttp.ClientConnectorError,)
 
 
 @dataclass(slots=True)
@@ -75,6 +94,10 @@ class _Attempt:
     outcome: Outcome = Outcome.UPSTREAM_ERROR
     ended: bool = False
     response_learned: bool = False
+    faulted: bool = False
+    """A fault of this attempt was reported (so its answer does not count as a good one)."""
+    first_chunk_at: float = 0.0
+    """When a stream's first chunk arrived (read before the client's response is started)."""
 
 
 class Director:
@@ -90,9 +113,13 @@ class Director:
         observers: Sequence[RequestObserver],
         clock: Callable[[], float],
         rng: random.Random,
+        retries: RetryPolicy,
+        faults: FaultReporter,
         response_pods: ResponsePods | None = None,
     ) -> None:
         self._cfg = cfg
+        self._retries = retries
+        self._faults = faults
         self._store = store
         self._scheduler = scheduler
         self._encoder = encoder
@@ -268,50 +295,98 @@ class Director:
         extra_headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
         targets = result.primary.targets
-        attempts = min(len(targets), 1 + self._cfg.upstream.retries)
+        attempts = min(len(targets), 1 + self._retries.max_retries)
         fwd_headers = upstream_headers(request.headers, client_id)
         session = self._session()
-        for i in range(attempts):
-            if i:
-                result = replace(result, primary=replace(result.primary, targets=targets[i:]))
-            attempt = self._begin(ireq, result, include_usage)
-            endpoint = attempt.candidate.endpoint
-            try:
-                upstream = await session.post(
-                    f"{endpoint.url}{request.path}", data=body, headers=fwd_headers
-                )
-            except _CONNECT_ERRORS as exc:
-                attempt.outcome = Outcome.CONNECT_ERROR
-                self._end(ireq, attempt)
-                self._store.mark_down(endpoint.name, self._clock())
-                self._metrics.upstream_errors.labels(endpoint.name, "connect").inc()
-                logger.warning(
-                    "upstream.connect_failed",
-                    extra={"request_id": client_id, "endpoint": endpoint.name, "error": str(exc)},
-                )
-                if i + 1 < attempts:
+        with self._retries.begin(received_at=ireq.received_at, ttft_ms=ireq.slo.ttft_ms) as retries:
+            for i in range(attempts):
+                if i:
+                    result = replace(result, primary=replace(result.primary, targets=targets[i:]))
+                attempt = self._begin(ireq, result, include_usage)
+                endpoint = attempt.candidate.endpoint
+                last = i + 1 == attempts
+                try:
+                    upstream, head, fault = await self._open(
+                        session, f"{endpoint.url}{request.path}", body, fwd_headers, attempt
+                    )
+                except asyncio.CancelledError:
+                    attempt.outcome = Outcome.CLIENT_DISCONNECTED
+                    self._end(ireq, attempt)
+                    raise
+                except Exception as exc:
+                    fault = exception_fault(exc)
+                    if fault is None:
+                        self._end(ireq, attempt)
+                        raise
+                    detail = describe_error(exc)
+                    delay_s = self._failed(attempt, fault, detail, client_id, retries, last)
+                    self._end(ireq, attempt)
+                    if delay_s is None:
+                        raise fault.error(endpoint.name, detail) from exc
+                    await asyncio.sleep(delay_s)
                     continue
-                raise UpstreamError(f"could not connect to endpoint {endpoint.name}") from exc
-            except TimeoutError as exc:
-                attempt.outcome = Outcome.UPSTREAM_TIMEOUT
-                self._end(ireq, attempt)
-                self._metrics.upstream_errors.labels(endpoint.name, "timeout").inc()
-                raise UpstreamTimeoutError(
-                    f"endpoint {endpoint.name} did not answer in time"
-                ) from exc
-            except aiohttp.ClientError as exc:
-                self._end(ireq, attempt)
-                self._metrics.upstream_errors.labels(endpoint.name, "protocol").inc()
-                raise UpstreamError(f"endpoint {endpoint.name} failed: {exc}") from exc
-            except asyncio.CancelledError:
-                attempt.outcome = Outcome.CLIENT_DISCONNECTED
-                self._end(ireq, attempt)
-                raise
-            except Exception:
-                self._end(ireq, attempt)
-                raise
-            return await self._relay(request, ireq, attempt, upstream, client_id, extra_headers)
+                if fault is not None:
+                    detail = f"HTTP {upstream.status}"
+                    delay_s = self._failed(attempt, fault, detail, client_id, retries, last)
+                    if delay_s is not None:
+                        upstream.release()  # the answer is dropped: the next endpoint's counts
+                        self._end(ireq, attempt)
+                        await asyncio.sleep(delay_s)
+                        continue
+                return await self._relay(
+                    request, ireq, attempt, upstream, head, client_id, extra_headers
+                )
         raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _open(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        body: bytes,
+        headers: CIMultiDict[str],
+        attempt: _Attempt,
+    ) -> tuple[aiohttp.ClientResponse, bytes | None, Fault | None]:
+        """Send the request and wait for what must arrive before any byte goes to the client:
+        the answer's head, then a stream's first chunk or a whole body. Returns the answer,
+        those bytes and the fault its status shows; an answer with a fault is returned unread
+        (it may be dropped for a retry). Raises what the connection raised."""
+        upstream = await session.post(url, data=body, headers=headers)
+        attempt.status = upstream.status
+        fault = status_fault(upstream.status)
+        if fault is not None:
+            return upstream, None, fault
+        try:
+            if upstream.content_type == _SSE_CONTENT_TYPE:
+                head = await upstream.content.readany()
+                attempt.first_chunk_at = self._clock()
+            else:
+                head = await upstream.read()
+        except BaseException:
+            upstream.close()
+            raise
+        return upstream, head, None
+
+    def _failed(
+        self,
+        attempt: _Attempt,
+        fault: Fault,
+        detail: str,
+        client_id: str,
+        retries: RequestRetries,
+        last: bool,
+    ) -> float | None:
+        """An attempt's fault before any byte was relayed: the seconds to wait before trying
+        the next target, or ``None`` when this attempt's failure is the answer."""
+        attempt.outcome = fault.outcome
+        attempt.faulted = True
+        return self._faults.before_relay(
+            attempt.candidate.name,
+            fault,
+            request_id=client_id,
+            detail=detail,
+            retries=retries,
+            last=last,
+        )
 
     # -- bookkeeping ----------------------------------------------------------------------
     def _begin(
@@ -398,20 +473,26 @@ class Director:
         ireq: InferenceRequest,
         attempt: _Attempt,
         upstream: aiohttp.ClientResponse,
+        head: bytes | None,
         client_id: str,
         extra_headers: dict[str, str] | None,
     ) -> web.StreamResponse:
-        attempt.status = upstream.status
+        """Relay the answer; ``head``: its first chunk (a stream) or whole body, already read
+        (``None``: an error answer, read here)."""
         headers = downstream_headers(upstream.headers, attempt.candidate.name, client_id)
         if extra_headers:
             headers.update(extra_headers)
         try:
             if upstream.content_type == _SSE_CONTENT_TYPE:
-                return await self._relay_stream(request, ireq, attempt, upstream, headers)
-            return await self._relay_body(ireq, attempt, upstream, headers)
+                return await self._relay_stream(
+                    request, ireq, attempt, upstream, headers, head, client_id
+                )
+            return await self._relay_body(ireq, attempt, upstream, headers, head, client_id)
         finally:
             upstream.close()
             self._end(ireq, attempt)
+            if not attempt.faulted and attempt.outcome is not Outcome.CLIENT_DISCONNECTED:
+                self._faults.answered(attempt.candidate.name)
 
     async def _relay_body(
         self,
@@ -419,19 +500,22 @@ class Director:
         attempt: _Attempt,
         upstream: aiohttp.ClientResponse,
         headers: CIMultiDict[str],
+        body: bytes | None,
+        client_id: str,
     ) -> web.Response:
-        try:
-            body = await upstream.read()
-        except TimeoutError as exc:
-            attempt.outcome = Outcome.UPSTREAM_TIMEOUT
-            raise UpstreamTimeoutError(
-                f"endpoint {attempt.candidate.name} stopped sending its response"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"endpoint {attempt.candidate.name} failed: {exc}") from exc
-        except asyncio.CancelledError:
-            attempt.outcome = Outcome.CLIENT_DISCONNECTED
-            raise
+        if body is None:
+            try:
+                body = await upstream.read()
+            except asyncio.CancelledError:
+                attempt.outcome = Outcome.CLIENT_DISCONNECTED
+                raise
+            except Exception as exc:
+                fault = exception_fault(exc)
+                if fault is None:
+                    raise
+                detail = describe_error(exc)
+                self._fault(attempt, fault, detail, client_id, ANSWER)
+                raise fault.error(attempt.candidate.name, detail) from exc
         if upstream.status < 400:
             if ireq.api.generates:
                 scan_json_body(body, attempt.scanner)
@@ -448,27 +532,31 @@ class Director:
         attempt: _Attempt,
         upstream: aiohttp.ClientResponse,
         headers: CIMultiDict[str],
+        first: bytes | None,
+        client_id: str,
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, headers=headers)
         scanner, clock, content = attempt.scanner, self._clock, upstream.content
         relayed = self._store.inflight.chunk  # times the endpoint's engine steps
+        pending = first
         try:
             await response.prepare(request)
             while True:
-                try:
-                    chunk = await content.readany()
-                except TimeoutError:
-                    attempt.outcome = Outcome.UPSTREAM_TIMEOUT
-                    await _end_with_error(response, "the model server stopped sending tokens")
-                    return response
-                except aiohttp.ClientError as exc:
-                    attempt.outcome = Outcome.UPSTREAM_ERROR
-                    await _end_with_error(response, f"the model server broke the stream: {exc}")
-                    return response
+                if pending is not None:
+                    chunk, now, pending = pending, attempt.first_chunk_at, None
+                else:
+                    try:
+                        chunk = await content.readany()
+                    except (TimeoutError, aiohttp.ClientError) as exc:
+                        # Bytes may have reached the client: no retry, a well-formed end.
+                        fault = exception_fault(exc) or Fault.PROTOCOL
+                        self._fault(attempt, fault, describe_error(exc), client_id, CUT)
+                        await _end_with_error(response, fault, exc, mid_event=scanner.mid_event)
+                        return response
+                    now = clock()
                 if not chunk:
                     await response.write_eof()
                     break
-                now = clock()
                 tokens = scanner.token_events
                 if scanner.feed(chunk, now):
                     self._first_token(ireq, attempt, now)
@@ -490,12 +578,29 @@ class Director:
         attempt.outcome = Outcome.SUCCESS if upstream.status < 400 else Outcome.UPSTREAM_ERROR
         return response
 
+    def _fault(
+        self, attempt: _Attempt, fault: Fault, detail: str, client_id: str, action: str
+    ) -> None:
+        attempt.outcome = fault.outcome
+        attempt.faulted = True
+        self._faults.failed(
+            attempt.candidate.name, fault, request_id=client_id, detail=detail, action=action
+        )
 
-async def _end_with_error(response: web.StreamResponse, message: str) -> None:
-    """Tell a streaming client why its stream ends early, as vLLM does: an SSE error event."""
-    event = b"data: " + error_body(message, UpstreamError.type, "upstream_stream_error") + b"\n\n"
+
+async def _end_with_error(
+    response: web.StreamResponse, fault: Fault, exc: BaseException, *, mid_event: bool
+) -> None:
+    """Tell a streaming client why its stream ends early, as vLLM does: an SSE error event.
+    After a partial event, a blank line first, so that the error is an event of its own."""
+    if fault is Fault.TIMEOUT:
+        message, code = "the model server stopped sending tokens", UpstreamTimeoutError.default_code
+    else:
+        message = f"the model server broke the stream: {describe_error(exc)}"
+        code = "upstream_stream_error"
+    event = b"data: " + error_body(message, UpstreamError.type, code) + b"\n\n"
     try:
-        await response.write(event)
+        await response.write((b"\n\n" + event) if mid_event else event)
         await response.write_eof()
     except ConnectionResetError:
         pass

@@ -9,6 +9,11 @@ GatewayError                        status  type
 ├── NoEndpointError                 503     service_unavailable     (no usable endpoint)
 └── UpstreamError                   502     upstream_error          (model server failed before
     └── UpstreamTimeoutError        504     upstream_error           the first byte / timed out)
+(added later, defined at the end of the module:)
+├── BadRequestError
+│   └── UnreadableBodyError         400     invalid_request_error   (bad framing or encoding)
+├── AuthenticationError             401     authentication_error    (missing or wrong API key)
+└── RequestTimeoutError             408     invalid_request_error   (body not received in time)
 
 Domain code raises these; ``gateway.middlewares.error_middleware`` is the only place that renders
 them (and any unexpected exception, as a 500 that leaks no internals).
@@ -95,3 +100,29 @@ def error_body(message: str, type_: str, code: str, param: str | None = None) ->
     return orjson.dumps(
         {"error": {"message": message, "type": type_, "param": param, "code": code}}
     )
+
+
+class AuthenticationError(GatewayError):
+    """A missing or wrong bearer token; carries ``WWW-Authenticate: Bearer`` (RFC 6750)."""
+
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"WWW-Authenticate": "Bearer"})
+
+
+class RequestTimeoutError(GatewayError):
+    """The client did not send its request body in time; the connection is closed."""
+
+    status = 408
+    type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
+class UnreadableBodyError(BadRequestError):
+    """The body's chunked framing or ``Content-Encoding`` does not decode; the connection is
+    closed (what follows on it cannot be trusted)."""
+
+    default_code = "invalid_body"

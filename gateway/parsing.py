@@ -46,6 +46,9 @@ class ParsedRequest:
     batch_size: int = 1
     """Prompts in the request; ``segments`` / ``prompt_ids`` hold all of them in order."""
     previous_response_id: str | None = None
+    max_tokens_fields: tuple[tuple[str, int], ...] = ()
+    """Every max-tokens field the request gave, with its value (chat may give both
+    ``max_completion_tokens`` and ``max_tokens``): what the gateway's limits check."""
 
     @property
     def prompt_chars(self) -> int:
@@ -75,21 +78,26 @@ def parse_request(body: bytes, api: Api) -> ParsedRequest:
     if not isinstance(stream, bool):
         raise type_error("stream", "a boolean")
     if api is Api.RESPONSES:
+        max_output = _max_tokens(data, "max_output_tokens")
         return ParsedRequest(
             api=api,
             model=model,
             stream=stream,
-            max_tokens=_max_tokens(data, "max_output_tokens"),
+            max_tokens=max_output,
             include_usage=False,
             segments=_responses_prompt(data),
             prompt_ids=None,
             previous_response_id=_previous_response_id(data),
+            max_tokens_fields=() if max_output is None else (("max_output_tokens", max_output),),
         )
     include_usage = _include_usage(data.get("stream_options"))
     max_tokens = _max_tokens(data, "max_tokens")
+    limits = () if max_tokens is None else (("max_tokens", max_tokens),)
     batch = 1
     if api is Api.CHAT:
         chat_max = _max_tokens(data, "max_completion_tokens")
+        if chat_max is not None:
+            limits = (("max_completion_tokens", chat_max), *limits)
         max_tokens = chat_max if chat_max is not None else max_tokens
         segments = _chat_prompt(data)
         prompt_ids = None
@@ -105,6 +113,7 @@ def parse_request(body: bytes, api: Api) -> ParsedRequest:
         prompt_ids=prompt_ids,
         n=_n(data),
         batch_size=batch,
+        max_tokens_fields=limits,
     )
 
 

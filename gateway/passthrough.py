@@ -3,35 +3,33 @@
 Not inference: nothing is scheduled, counted in flight or measured beyond the per-route HTTP
 metrics. The endpoint is one serving the body's ``model`` (``/tokenize``, ``/detokenize``: the
 tokenizer is the model's), else any usable one, the least loaded by this gateway's in-flight
-count, ties at random. Also the route of ``GET /v1/responses/{id}``: to the endpoint that
-produced the response. A connection refused is retried on the next endpoint (as for
-inference, ``upstream.retries``); the answer, whatever its status, is relayed as it came.
+count, ties at random (ejected endpoints last). Also the route of ``GET /v1/responses/{id}``:
+to the endpoint that produced the response. Faults are handled as for inference
+(``gateway.faults``, one reporter for both): a connection refused or reset, a 5xx, 429 or 503
+answer is retried on the next endpoint within ``gateway.retries``' bounds; the last answer,
+whatever its status, is relayed as it came. The upstream URL is the endpoint's plus the
+request's path and query, never the request target as sent (an absolute-form target names
+another host).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-import logging
 import random
 from collections.abc import Callable, Sequence
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from config import GatewayConfig
-from gateway.errors import (
-    NoEndpointError,
-    NotFoundError,
-    PayloadTooLargeError,
-    UpstreamError,
-    UpstreamTimeoutError,
-)
+from gateway.errors import NoEndpointError, NotFoundError, PayloadTooLargeError
+from gateway.faults import ANSWER, Fault, FaultReporter, describe, exception_fault, status_fault
 from gateway.proxy import REQUEST_ID_HEADER, downstream_headers, upstream_headers
-from gateway.telemetry import GatewayMetrics
+from gateway.retries import RetryPolicy
 from scheduler.datalayer.store import EndpointStore
 from scheduler.framework.types import Endpoint
-
-logger = logging.getLogger(__name__)
 
 
 class Passthrough:
@@ -41,14 +39,16 @@ class Passthrough:
         cfg: GatewayConfig,
         store: EndpointStore,
         session: Callable[[], aiohttp.ClientSession],
-        metrics: GatewayMetrics,
+        retries: RetryPolicy,
+        faults: FaultReporter,
         clock: Callable[[], float],
         rng: random.Random,
     ) -> None:
         self._cfg = cfg
         self._store = store
         self._session = session
-        self._metrics = metrics
+        self._retries = retries
+        self._faults = faults
         self._clock = clock
         self._rng = rng
         self._id_prefix = f"{rng.getrandbits(32):08x}-u"
@@ -82,46 +82,93 @@ class Passthrough:
                 "no usable endpoint" + (f" serves model {model!r}" if model else "")
             )
         load = self._store.inflight.load
+        ejected = self._store.ejected
         rng = self._rng.random
-        return sorted(endpoints, key=lambda e: (load(e.name).requests, rng()))
+        return sorted(endpoints, key=lambda e: (ejected(e.name, now), load(e.name).requests, rng()))
 
     async def relay(
         self, request: web.Request, body: bytes | None, targets: Sequence[Endpoint]
     ) -> web.Response:
         client_id = request.headers.get(REQUEST_ID_HEADER) or f"{self._id_prefix}{next(self._ids)}"
         headers = upstream_headers(request.headers, client_id)
-        attempts = min(len(targets), 1 + self._cfg.upstream.retries)
+        path = request.rel_url.raw_path_qs
+        attempts = min(len(targets), 1 + self._retries.max_retries)
         session = self._session()
-        for i, endpoint in enumerate(targets[:attempts]):
-            try:
-                async with session.request(
-                    request.method,
-                    f"{endpoint.url}{request.raw_path}",
-                    data=body,
-                    headers=headers,
-                ) as upstream:
-                    payload = await upstream.read()
+        with self._retries.begin(received_at=self._clock()) as retries:
+            for i, endpoint in enumerate(targets[:attempts]):
+                name = endpoint.name
+                last = i + 1 == attempts
+                try:
+                    upstream, payload, fault = await self._send(
+                        session, request.method, f"{endpoint.url}{path}", body, headers
+                    )
+                except Exception as exc:
+                    fault = exception_fault(exc)
+                    if fault is None:
+                        raise
+                    detail = describe(exc)
+                    delay_s = self._faults.before_relay(
+                        name, fault, request_id=client_id, detail=detail, retries=retries, last=last
+                    )
+                    if delay_s is None:
+                        raise fault.error(name, detail) from exc
+                    await asyncio.sleep(delay_s)
+                    continue
+                try:
+                    if fault is None:
+                        self._faults.answered(name)
+                    else:
+                        delay_s = self._faults.before_relay(
+                            name,
+                            fault,
+                            request_id=client_id,
+                            detail=f"HTTP {upstream.status}",
+                            retries=retries,
+                            last=last,
+                        )
+                        if delay_s is not None:
+                            upstream.release()
+                            await asyncio.sleep(delay_s)
+                            continue
+                        payload = await self._read_answer(upstream, name, client_id)
                     return web.Response(
                         status=upstream.status,
                         body=payload,
-                        headers=downstream_headers(upstream.headers, endpoint.name, client_id),
+                        headers=downstream_headers(upstream.headers, name, client_id),
                     )
-            except aiohttp.ClientConnectorError as exc:
-                self._store.mark_down(endpoint.name, self._clock())
-                self._metrics.upstream_errors.labels(endpoint.name, "connect").inc()
-                logger.warning(
-                    "upstream.connect_failed",
-                    extra={"request_id": client_id, "endpoint": endpoint.name, "error": str(exc)},
-                )
-                if i + 1 < attempts:
-                    continue
-                raise UpstreamError(f"could not connect to endpoint {endpoint.name}") from exc
-            except TimeoutError as exc:
-                self._metrics.upstream_errors.labels(endpoint.name, "timeout").inc()
-                raise UpstreamTimeoutError(
-                    f"endpoint {endpoint.name} did not answer in time"
-                ) from exc
-            except aiohttp.ClientError as exc:
-                self._metrics.upstream_errors.labels(endpoint.name, "protocol").inc()
-                raise UpstreamError(f"endpoint {endpoint.name} failed: {exc}") from exc
+                finally:
+                    upstream.close()
         raise AssertionError("unreachable: targets is never empty")
+
+    @staticmethod
+    async def _send(
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: CIMultiDict[str],
+    ) -> tuple[aiohttp.ClientResponse, bytes | None, Fault | None]:
+        """The answer, its body and the fault its status shows (an answer with a fault is
+        returned unread: it may be dropped for a retry). Raises what the connection raised."""
+        upstream = await session.request(method, url, data=body, headers=headers)
+        fault = status_fault(upstream.status)
+        if fault is not None:
+            return upstream, None, fault
+        try:
+            return upstream, await upstream.read(), None
+        finally:
+            upstream.close()
+
+    async def _read_answer(
+        self, upstream: aiohttp.ClientResponse, name: str, client_id: str
+    ) -> bytes:
+        """The body of a faulty answer that is relayed (the last attempt's)."""
+        try:
+            return await upstream.read()
+        except Exception as exc:
+            fault = exception_fault(exc)
+            if fault is None:
+                raise
+            detail = describe(exc)
+            self._faults.failed(name, fault, request_id=client_id, detail=detail, action=ANSWER)
+            raise fault.error(name, detail) from exc

@@ -1,9 +1,13 @@
 """Talking to model servers: the client session, header hygiene and timeouts.
 
-Requests are forwarded with their original body bytes. Hop-by-hop headers are dropped both
-ways, ``accept-encoding`` is not forwarded (so the model server answers uncompressed and the
-gateway can read the SSE it relays) and the session never decompresses, so bytes pass through
-untouched.
+Requests are forwarded with their body bytes as the gateway received them (decoded: aiohttp's
+server undoes a client's ``Content-Encoding``, so that header is not forwarded either).
+Hop-by-hop headers are dropped both ways, ``accept-encoding`` is not forwarded (so the model
+server answers uncompressed and the gateway can read the SSE it relays) and the session never
+decompresses, so response bytes pass through untouched. The client's ``Authorization`` is
+removed before this module sees the request unless ``upstream.forward_authorization`` (see
+:mod:`gateway.auth`); the session adds the pod token and TLS trust of
+:mod:`gateway.pod_access`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from config import UpstreamConfig
+from gateway.pod_access import pod_headers, pod_ssl
 
 HOP_BY_HOP = frozenset(
     {
@@ -28,7 +33,13 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "expect"}
+_NOT_FORWARDED = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "content-encoding",
+    "accept-encoding",
+    "expect",
+}
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "date", "server"}
 
 ENDPOINT_HEADER = "x-slogate-endpoint"
@@ -37,10 +48,15 @@ REQUEST_ID_HEADER = "x-request-id"
 
 def make_session(cfg: UpstreamConfig) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
-        limit=cfg.max_connections, limit_per_host=0, ttl_dns_cache=60, keepalive_timeout=60
+        limit=cfg.max_connections,
+        limit_per_host=0,
+        ttl_dns_cache=60,
+        keepalive_timeout=60,
+        ssl=pod_ssl(cfg),
     )
     return aiohttp.ClientSession(
         connector=connector,
+        headers=pod_headers(cfg),
         # A proxy must never keep cookies: one client's upstream cookies would leak into
         # another client's requests. (It also skips cookie work on every request.)
         cookie_jar=aiohttp.DummyCookieJar(),

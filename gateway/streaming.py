@@ -68,6 +68,11 @@ class SseScanner:
         """The Responses API's id of the response (``response.created``, or the body's)."""
 
     @property
+    def mid_event(self) -> bool:
+        """The bytes fed so far end inside an event (no blank line after its last line)."""
+        return bool(self._buffer)
+
+    @property
     def completion_tokens(self) -> int:
         if self.usage_completion_tokens is not None:
             return self.usage_completion_tokens

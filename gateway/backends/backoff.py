@@ -1,7 +1,9 @@
-"""Capped exponential backoff with jitter, for background loops that met something unexpected.
+"""Capped exponential backoff with jitter, for background loops that met something unexpected
+and for a request's retries on another endpoint.
 
-A loop that fails the same way on every pass must not spin (or flood the log); many loops that
-failed at once (every endpoint's scraper after one bad deploy) must not retry in lockstep. The
+A loop that fails the same way on every pass must not spin (or flood the log); many loops (or
+requests) that failed at once (every endpoint's scraper after one bad deploy, every request of
+a pod that died) must not retry in lockstep. The
 delay doubles per consecutive failure up to ``cap_s``; "equal jitter" draws it from the upper
 half of that ceiling, so it never collapses to zero. A pass that works resets it.
 """

@@ -1,4 +1,5 @@
-"""The control-plane client: what the scraper and model discovery talk to endpoints through.
+"""The control-plane client: what the scraper, model discovery and the health checks of
+ejected endpoints talk to endpoints through.
 
 Configured for scraping, unlike the relay's session (which passes bytes through untouched):
 model servers answer ``/metrics`` gzip-compressed when asked (vLLM and SGLang through
@@ -6,8 +7,8 @@ prometheus_client, Go servers through promhttp), so this session decompresses. I
 only ``gzip, deflate``, which aiohttp always decodes; aiohttp's own default would add ``br`` and
 ``zstd`` whenever an optional decoder package happens to be installed, making what the gateway
 asks for depend on its environment. It asks for the classic text format (what the fast parser
-reads), keeps no cookies, and has a small pool of its own (two connections per endpoint: a
-scrape and a model poll), so it never waits behind the relay's streams.
+reads), keeps no cookies, and has a small pool of its own (three connections per endpoint: a
+scrape, a model poll and a health check), so it never waits behind the relay's streams.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ class ControlSessionConfig:
     request_timeout_s: float
     """Whole request, connect to last byte (a scrape answer is small)."""
     max_connections: int
-    """Two per endpoint: a scrape and a model poll in flight at most. A total, not per host:
-    endpoints behind one host (path-routed) must not queue behind each other."""
+    """Three per endpoint: a scrape, a model poll and a health check in flight at most. A
+    total, not per host: endpoints behind one host (path-routed) must not queue behind each
+    other."""
     keepalive_s: float = 4.0
     """Below uvicorn's 5 s default, so a slow scrape interval never reuses a connection the
     server is closing."""

@@ -4,6 +4,7 @@ The state comes from the endpoint store (what routing uses): ``up`` has fresh me
 ``metrics_unknown`` is reachable but routed without load information (never scraped yet, an
 error status, an undecodable or unparsable answer, stale metrics), ``down`` could not be
 reached. The scraper adds why, in :class:`ScrapeStatus`; ``/ready`` and the logs show both.
+An endpoint outlier detection keeps out of routing also shows ``"ejected": true``.
 """
 
 from __future__ import annotations
@@ -35,14 +36,17 @@ def endpoint_state(store: EndpointStore, name: str, now: float) -> str:
 
 def describe_pool(
     store: EndpointStore, statuses: Mapping[str, ScrapeStatus], now: float
-) -> dict[str, dict[str, str]]:
-    """``{endpoint: {"state": ..., "error": ...}}``, the error only when not ``up``."""
-    detail: dict[str, dict[str, str]] = {}
+) -> dict[str, dict[str, str | bool]]:
+    """``{endpoint: {"state": ..., "error": ...}}``, the error only when not ``up``,
+    ``"ejected": true`` while ejected."""
+    detail: dict[str, dict[str, str | bool]] = {}
     for endpoint in store.endpoints:
         state = endpoint_state(store, endpoint.name, now)
-        entry = {"state": state}
+        entry: dict[str, str | bool] = {"state": state}
         status = statuses.get(endpoint.name)
         if state != UP and status is not None and status.error:
             entry["error"] = status.error
+        if store.ejected(endpoint.name, now):
+            entry["ejected"] = True
         detail[endpoint.name] = entry
     return detail

@@ -12,6 +12,11 @@ Candidates are the ``up`` endpoints serving the model; only when none is up, the
 ones (with ``metrics=None``, so scorers treat their load as unknown). ``down`` endpoints are
 never candidates until a scrape succeeds again.
 
+Orthogonal to these states, an endpoint may be *ejected* (passive outlier detection: it kept
+failing requests) until a given time, or until it is readmitted earlier. Ejected endpoints are
+left out of the candidates like down ones, unless no candidate would remain: routing never
+fails closed on ejection alone.
+
 Models come from each endpoint's ``/v1/models``, one :class:`ModelCard` each. A LoRA adapter an
 endpoint lists (a card with a ``parent``) is a model of that endpoint like any other, so a
 request naming it goes only to endpoints that have it loaded.
@@ -49,6 +54,7 @@ class _State:
     endpoint: Endpoint
     metrics: EndpointMetrics | None = None
     down_since: float | None = None
+    ejected_until: float | None = None
     models: frozenset[str] | None = None
     cards: tuple[ModelCard, ...] = ()
 
@@ -110,6 +116,17 @@ class EndpointStore:
         if state is not None and state.down_since is None:
             state.down_since = now
 
+    def eject(self, name: str, until: float) -> None:
+        """Leave the endpoint out of routing until ``until`` (or :meth:`readmit`)."""
+        state = self._states.get(name)
+        if state is not None:
+            state.ejected_until = until
+
+    def readmit(self, name: str) -> None:
+        state = self._states.get(name)
+        if state is not None:
+            state.ejected_until = None
+
     def set_models(self, name: str, models: Iterable[str | ModelCard]) -> None:
         """What the endpoint serves: model names, or cards (with a LoRA adapter's parent)."""
         state = self._states.get(name)
@@ -135,6 +152,11 @@ class EndpointStore:
         if state.metrics is not None and now - state.metrics.scraped_at <= self.staleness_s:
             return Health.UP
         return Health.UNKNOWN
+
+    def ejected(self, name: str, now: float) -> bool:
+        state = self._states.get(name)
+        until = None if state is None else state.ejected_until
+        return until is not None and now < until
 
     def metrics(self, name: str) -> EndpointMetrics | None:
         state = self._states.get(name)
@@ -195,21 +217,26 @@ class EndpointStore:
         )
 
     def candidates(self, model: str, now: float) -> Sequence[Candidate]:
+        """Up endpoints serving the model, else unknown ones; ejected ones only when that
+        leaves none (up before unknown again)."""
         fresh: list[Candidate] = []
         unknown: list[Candidate] = []
+        ejected_fresh: list[Candidate] = []
+        ejected_unknown: list[Candidate] = []
         inflight = self.inflight
         for name in self._order:
             state = self._states[name]
             if not self.serves(name, model):
                 continue
             health = self.health(name, now)
+            ejected = state.ejected_until is not None and now < state.ejected_until
             if health is Health.UP:
-                into, metrics = fresh, state.metrics
+                into, metrics = ejected_fresh if ejected else fresh, state.metrics
             elif health is Health.UNKNOWN:
-                into, metrics = unknown, None
+                into, metrics = ejected_unknown if ejected else unknown, None
             else:
                 continue
             into.append(
                 Candidate(state.endpoint, metrics, inflight.load(name), inflight.steps(name))
             )
-        return fresh or unknown
+        return fresh or unknown or ejected_fresh or ejected_unknown

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
 
 from config import ServerConfig, UpstreamConfig
+from gateway.errors import AuthenticationError, RequestTimeoutError, UnreadableBodyError
 from loadtest.instant_backend import create_instant_app
 from tests.gateway.conftest import (
     MakeGateway,
@@ -35,6 +37,11 @@ BAD_REQUESTS = [
     ("/v1/completions", b"{not json", "invalid_json", None),
     ("/v1/completions", b"", "invalid_json", None),
     ("/v1/completions", b"[1, 2]", "invalid_json", None),
+    ("/v1/completions", b'{"model": "sim-llm", "prompt": "caf\xe9"}', "invalid_json", None),
+    ("/v1/completions", b'{"model": "sim-llm", "prompt": "\\ud800"}', "invalid_json", None),
+    ("/v1/completions", b"[" * 5000 + b"]" * 5000, "invalid_json", None),
+    ("/v1/completions", b'{"model": "sim-llm", "prompt": "x", "n": 1e400}', "invalid_json", None),
+    ("/v1/completions", b'{"model": "sim-llm", "prompt": "x", "n": 1e30}', "invalid_type", "n"),
     ("/v1/completions", b'{"prompt": "hi"}', "missing_required_parameter", "model"),
     ("/v1/completions", b'{"model": 3, "prompt": "hi"}', "invalid_type", "model"),
     ("/v1/completions", b'{"model": "sim-llm"}', "missing_required_parameter", "prompt"),
@@ -164,6 +171,18 @@ async def test_unknown_model_is_404(instant_backend: TestServer, make_gateway: M
     assert resp.status == 404
     error = assert_openai_error(await resp.json(), "model_not_found")
     assert "gpt-9" in error["message"]
+
+
+def test_authentication_and_timeout_errors_are_openai_shaped() -> None:
+    for exc, status, type_ in (
+        (AuthenticationError("no key"), 401, "authentication_error"),
+        (RequestTimeoutError("too slow"), 408, "invalid_request_error"),
+        (UnreadableBodyError("bad gzip"), 400, "invalid_request_error"),
+    ):
+        assert exc.status == status
+        error = assert_openai_error(orjson.loads(exc.body()), exc.code)
+        assert error["type"] == type_
+    assert AuthenticationError("no key").headers == {"WWW-Authenticate": "Bearer"}
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
