@@ -25,7 +25,12 @@ class ServerConfig:
     max_body_bytes: int = _bounded(16 * 1024 * 1024, gt=0)
     """Larger request bodies get 413."""
     shutdown_timeout_s: float = _bounded(30.0, ge=0)
-    """On SIGTERM: readiness turns false, in-flight requests get this long to finish."""
+    """After the readiness delay: no new connections, in-flight requests get this long to
+    finish, then the rest are cancelled (and counted in the ``gateway.stopped`` log line)."""
+    readiness_delay_s: float = _bounded(5.0, ge=0)
+    """On SIGTERM, ``/ready`` answers 503 for this long while the gateway still serves, so
+    Kubernetes takes it out of its Services before it stops listening. SIGINT (Ctrl-C) skips
+    it."""
     access_log: bool = False
     passthrough_get: tuple[str, ...] = ("/version",)
     """GET paths of the model servers' API relayed untouched to one usable endpoint (the

@@ -9,6 +9,8 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -136,18 +138,82 @@ def run_gateway(cfg: GatewayConfig) -> None:
             "endpoints": [e.url for e in cfg.pool.endpoints],
         },
     )
-    web.run_app(
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(serve_until_stopped(app, cfg, None if tls is None else tls.context))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def serve_until_stopped(
+    app: web.Application, cfg: GatewayConfig, ssl_context: ssl.SSLContext | None
+) -> None:
+    """Serve until SIGTERM or SIGINT, then stop in Kubernetes' order: readiness first.
+
+    On SIGTERM ``/ready`` answers 503 for ``server.readiness_delay_s`` while requests are still
+    served (endpoints controllers take the pod out of Services meanwhile); then the listener
+    closes, in-flight requests get ``server.shutdown_timeout_s`` to finish, and whatever still
+    runs is cancelled and counted in the ``gateway.stopped`` log line. SIGINT skips the delay.
+    """
+    runner = web.AppRunner(
         app,
-        host=cfg.server.host,
-        port=cfg.server.port,
-        loop=new_event_loop(),
-        ssl_context=None if tls is None else tls.context,
         handler_cancellation=True,
-        shutdown_timeout=cfg.server.shutdown_timeout_s,
         access_log=logging.getLogger("slogate.access") if cfg.server.access_log else None,
-        print=None,
         **listener_settings(cfg.server),
     )
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        cfg.server.host,
+        cfg.server.port,
+        ssl_context=ssl_context,
+        shutdown_timeout=cfg.server.shutdown_timeout_s,
+    )
+    await site.start()
+    loop = asyncio.get_running_loop()
+    stop: asyncio.Future[signal.Signals] = loop.create_future()
+
+    def on_signal(received: signal.Signals) -> None:
+        if not stop.done():
+            stop.set_result(received)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    gateway = app[gateway_key]
+    inflight = gateway.store.inflight
+    try:
+        received = await stop
+        delay = cfg.server.readiness_delay_s if received is signal.SIGTERM else 0.0
+        gateway.draining = True
+        logger.info(
+            "gateway.stopping",
+            extra={"signal": received.name, "readiness_delay_s": delay, "in_flight": len(inflight)},
+        )
+        if delay:
+            await asyncio.sleep(delay)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        draining_since = loop.time()
+        at_deadline: list[int] = []
+
+        async def count_at_deadline() -> None:
+            await asyncio.sleep(max(0.0, cfg.server.shutdown_timeout_s - 0.01))
+            at_deadline.append(len(inflight))
+
+        watcher = asyncio.create_task(count_at_deadline())
+        in_flight = len(inflight)
+        await runner.cleanup()
+        watcher.cancel()
+        logger.info(
+            "gateway.stopped",
+            extra={
+                "in_flight_at_close": in_flight,
+                "cancelled": at_deadline[0] if at_deadline else 0,
+                "drain_s": round(loop.time() - draining_since, 3),
+            },
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

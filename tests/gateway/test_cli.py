@@ -13,6 +13,8 @@ from aiohttp.test_utils import TestServer
 
 from config import ConfigError
 from gateway.cli import build_parser, main, serve_config
+from loadtest.sim.config import SimConfig
+from loadtest.sim.server import start_sim_server
 from tests.gateway.conftest import server_url
 
 
@@ -106,3 +108,53 @@ async def test_serve_runs_and_stops_on_sigterm(
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 20)
     assert code == 0
+
+
+async def test_sigterm_turns_readiness_off_first_and_drains_streams(
+    tmp_path: Path, unused_tcp_port: int
+) -> None:
+    """SIGTERM: /ready says 503 at once while requests are still served for the readiness
+    delay; then the listener closes, the stream in flight finishes whole, and the process
+    exits 0."""
+    pod = await start_sim_server(SimConfig(time_scale=1.0))
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"server: {{host: 127.0.0.1, port: {unused_tcp_port}, readiness_delay_s: 1.0,"
+        " shutdown_timeout_s: 20}\n"
+        f"pool: {{endpoints: [{{url: '{pod.url}'}}]}}\n"
+        "scheduling: {preset: least-request}\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--config", str(config), "--log-level", "warning"
+    )
+    base = f"http://127.0.0.1:{unused_tcp_port}"
+    body = {"model": "sim-llm", "prompt": "hi", "max_tokens": 150, "ignore_eos": True}
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    async with session.get(f"{base}/ready") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.05)
+            long = await session.post(f"{base}/v1/completions", json={**body, "stream": True})
+            assert long.status == 200
+            first = await long.content.readany()
+            assert first.startswith(b"data: ")
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            async with session.get(f"{base}/ready") as resp:
+                assert resp.status == 503  # out of the Service first ...
+            async with session.post(f"{base}/v1/completions", json={**body, "max_tokens": 4}) as r:
+                assert r.status == 200  # ... while still serving
+            rest = await long.read()
+            assert rest.rstrip().endswith(b"data: [DONE]")  # the stream in flight finished whole
+        code = await asyncio.wait_for(proc.wait(), 30)
+        assert code == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await pod.close()
