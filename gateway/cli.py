@@ -180,6 +180,13 @@ async def serve_until_stopped(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    # SIGHUP's default action would end the process; until configuration reload exists, it is
+    # refused with a log line instead (restart the gateway to apply a new configuration).
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        logger.warning,
+        "gateway.reload_unsupported: configuration reload is not implemented; restart to apply",
+    )
     gateway = app[gateway_key]
     inflight = gateway.store.inflight
     try:
@@ -193,7 +200,7 @@ async def serve_until_stopped(
         if delay:
             await asyncio.sleep(delay)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         draining_since = loop.time()
         at_deadline: list[int] = []
