@@ -29,8 +29,7 @@ Modules, one concept each:
 - :mod:`~loadtest.sim.tokenization` ``/tokenize`` and ``/detokenize``
 - :mod:`~loadtest.sim.frontend`  prompts into engine requests, shared by every engine route
 - :mod:`~loadtest.sim.completions_handler`, :mod:`~loadtest.sim.responses_handler`,
-  :mod:`~loadtest.sim.embeddings_handler`, :mod:`~loadtest.sim.pooling_handler`  the aiohttp
-  handlers of the engine routes
+  :mod:`~loadtest.sim.pooling_handler`  the aiohttp handlers of the engine routes
 - :mod:`~loadtest.sim.server`    the app factory, route table, other handlers,
   ``start_sim_server``
 - :mod:`~loadtest.sim.cli`       ``add_sim_arguments`` / ``run_sim`` for ``slogate sim``

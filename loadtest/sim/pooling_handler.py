@@ -1,10 +1,10 @@
-"""vLLM's pooling routes on a sim, besides embeddings: ``/pooling``, ``/classify``, the score
+"""vLLM's pooling routes on a sim: ``/v1/embeddings``, ``/pooling``, ``/classify``, the score
 routes (``/score``, ``/v1/score``) and the rerank routes (``/rerank``, ``/v1/rerank``,
 ``/v2/rerank``).
 
 Each input, or each pair for score and rerank, runs on the engine as a prefill-only request
-through :meth:`~loadtest.sim.frontend.SimFrontend.prefill`, the path embeddings take: all
-inputs of a request queued at once, each costing its prefill on the pod's schedule, using the
+through :meth:`~loadtest.sim.frontend.SimFrontend.prefill`: all inputs of a request queued at
+once, each costing its prefill on the pod's schedule, using the
 prefix cache and showing in ``/metrics``. Wire formats are in :mod:`loadtest.sim.pooling` and
 :mod:`loadtest.sim.embeddings`.
 """
@@ -19,6 +19,7 @@ from aiohttp import web
 from loadtest.sim.embeddings import (
     check_input_length,
     embedding_vector,
+    embeddings_body,
     parse_embedding_request,
     pooling_body,
 )
@@ -36,13 +37,23 @@ from loadtest.sim.pooling import (
 
 
 class PoolingHandlers:
-    """The pooling routes of one sim other than embeddings."""
+    """The pooling routes of one sim."""
 
     def __init__(self, frontend: SimFrontend, *, clock: Callable[[], float]) -> None:
         self._frontend = frontend
         self._clock = clock
 
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """``POST /v1/embeddings``: one prefill-only engine request per input."""
+        return await self._vectors(request, "embd", embeddings_body)
+
     async def pooling(self, request: web.Request) -> web.Response:
+        """``POST /pooling``: as embeddings, vLLM's ``PoolingResponse`` shape."""
+        return await self._vectors(request, "pool", pooling_body)
+
+    async def _vectors(
+        self, request: web.Request, prefix: str, render: Callable[..., bytes]
+    ) -> web.Response:
         arrival_s = self._clock()
         frontend = self._frontend
         config = frontend.config
@@ -50,9 +61,9 @@ class PoolingHandlers:
         adapter = frontend.adapter_of(parsed.model)
         prompts = [await frontend.prompt(entry, adapter) for entry in parsed.inputs]
         request_id = await self._prefill(
-            "pool", prompts, adapter, arrival_s, operation="embedding generation", param="input"
+            prefix, prompts, adapter, arrival_s, operation="embedding generation", param="input"
         )
-        body = pooling_body(
+        body = render(
             response_id=request_id,
             model=parsed.model,
             vectors=[embedding_vector(prompt.digest, parsed.dimensions) for prompt in prompts],

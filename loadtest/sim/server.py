@@ -33,7 +33,7 @@ Routes::
     POST /sim/speed              {"speed": new > 0}: slow the pod down or speed it up now
 
 The routes that run the engine live in their own handler modules (``completions_handler``,
-``responses_handler``, ``embeddings_handler``, ``pooling_handler``) and all go through one
+``responses_handler``, ``pooling_handler``) and all go through one
 :class:`~loadtest.sim.frontend.SimFrontend`, so they load the pod and show in its metrics
 alike; this module keeps the routes that only read or set state.
 
@@ -60,7 +60,6 @@ from prometheus_client import CollectorRegistry
 from gateway.tokenizer import Tokenizer
 from loadtest.sim.completions_handler import CompletionHandlers
 from loadtest.sim.config import SimConfig
-from loadtest.sim.embeddings_handler import EmbeddingsHandlers
 from loadtest.sim.engines import SimEngine, create_engine, running_engine
 from loadtest.sim.frontend import LARGE_PROMPT_TOKENS, SimFrontend
 from loadtest.sim.lora import LoraTracker
@@ -225,7 +224,6 @@ def create_sim_app(
     handlers = SimHandlers(frontend, registry)
     completions = CompletionHandlers(frontend, clock=clock)
     responses = ResponsesHandlers(frontend, ResponseStore(), clock=clock)
-    embeddings = EmbeddingsHandlers(frontend, clock=clock)
     pooling = PoolingHandlers(frontend, clock=clock)
 
     app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE_BYTES)
@@ -238,7 +236,7 @@ def create_sim_app(
     app.router.add_post("/v1/chat/completions", completions.chat_completions)
     app.router.add_post("/v1/responses", responses.create)
     app.router.add_get("/v1/responses/{response_id}", responses.retrieve)
-    app.router.add_post("/v1/embeddings", embeddings.embeddings)
+    app.router.add_post("/v1/embeddings", pooling.embeddings)
     app.router.add_post("/pooling", pooling.pooling)
     app.router.add_post("/classify", pooling.classify)
     for path in ("/score", "/v1/score"):
