@@ -133,35 +133,24 @@ def encode_vector(
     return values
 
 
-def embeddings_body(
+VECTOR_KINDS = {"embedding": "embedding", "pooling": "data"}
+"""Per item ``object``, the field holding its vector: vLLM's ``EmbeddingResponse`` (``POST
+/v1/embeddings``) and ``PoolingResponse`` (``POST /pooling``) differ only there."""
+
+
+def vectors_body(
     *,
+    kind: str,
     response_id: str,
     model: str,
     vectors: Sequence[np.ndarray[Any, np.dtype[np.float32]]],
     encoding_format: str,
     prompt_tokens: int,
 ) -> bytes:
-    """vLLM's ``EmbeddingResponse``."""
+    """The pooled vector of each input, as vLLM answers ``kind`` (a key of ``VECTOR_KINDS``)."""
+    field = VECTOR_KINDS[kind]
     items = [
-        {"index": index, "object": "embedding", "embedding": encode_vector(vector, encoding_format)}
-        for index, vector in enumerate(vectors)
-    ]
-    return pooling_list_body(
-        response_id=response_id, model=model, items=items, prompt_tokens=prompt_tokens
-    )
-
-
-def pooling_body(
-    *,
-    response_id: str,
-    model: str,
-    vectors: Sequence[np.ndarray[Any, np.dtype[np.float32]]],
-    encoding_format: str,
-    prompt_tokens: int,
-) -> bytes:
-    """vLLM's ``PoolingResponse`` (``POST /pooling``): the pooled vector of each input."""
-    items = [
-        {"index": index, "object": "pooling", "data": encode_vector(vector, encoding_format)}
+        {"index": index, "object": kind, field: encode_vector(vector, encoding_format)}
         for index, vector in enumerate(vectors)
     ]
     return pooling_list_body(

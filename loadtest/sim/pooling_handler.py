@@ -19,9 +19,8 @@ from aiohttp import web
 from loadtest.sim.embeddings import (
     check_input_length,
     embedding_vector,
-    embeddings_body,
     parse_embedding_request,
-    pooling_body,
+    vectors_body,
 )
 from loadtest.sim.frontend import PromptInfo, SimFrontend
 from loadtest.sim.pooling import (
@@ -45,15 +44,13 @@ class PoolingHandlers:
 
     async def embeddings(self, request: web.Request) -> web.Response:
         """``POST /v1/embeddings``: one prefill-only engine request per input."""
-        return await self._vectors(request, "embd", embeddings_body)
+        return await self._vectors(request, "embd", "embedding")
 
     async def pooling(self, request: web.Request) -> web.Response:
         """``POST /pooling``: as embeddings, vLLM's ``PoolingResponse`` shape."""
-        return await self._vectors(request, "pool", pooling_body)
+        return await self._vectors(request, "pool", "pooling")
 
-    async def _vectors(
-        self, request: web.Request, prefix: str, render: Callable[..., bytes]
-    ) -> web.Response:
+    async def _vectors(self, request: web.Request, prefix: str, kind: str) -> web.Response:
         arrival_s = self._clock()
         frontend = self._frontend
         config = frontend.config
@@ -63,7 +60,8 @@ class PoolingHandlers:
         request_id = await self._prefill(
             prefix, prompts, adapter, arrival_s, operation="embedding generation", param="input"
         )
-        body = render(
+        body = vectors_body(
+            kind=kind,
             response_id=request_id,
             model=parsed.model,
             vectors=[embedding_vector(prompt.digest, parsed.dimensions) for prompt in prompts],
