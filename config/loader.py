@@ -8,6 +8,7 @@ as mappings here: each plugin validates its own when the scheduler is built.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from config.errors import ConfigError
 from config.model import (
     DEFAULT_PRESET,
     GatewayConfig,
+    PoolConfig,
     SchedulingConfig,
     ServerConfig,
     SloConfig,
@@ -52,6 +54,7 @@ def from_yaml(text: str) -> GatewayConfig:
 def from_mapping(raw: object) -> GatewayConfig:
     cfg = decode(GatewayConfig, raw, "")
     check_server(cfg.server, "server")
+    check_pool(cfg.pool, "pool")
     check_scheduling(cfg.scheduling, "scheduling")
     check_slo(cfg.slo, "slo")
     return cfg
@@ -69,6 +72,32 @@ def check_server(cfg: ServerConfig, path: str) -> None:
             if route in seen:
                 raise ConfigError(where, route, "is listed twice")
             seen.add(route)
+
+
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+def check_pool(cfg: PoolConfig, path: str) -> None:
+    kube = cfg.kubernetes
+    if kube is None:
+        return
+    where = f"{path}.kubernetes"
+    if cfg.endpoints:
+        raise ConfigError(
+            f"{path}.endpoints", len(cfg.endpoints), "must be empty when pool.kubernetes is set"
+        )
+    if not kube.selector:
+        raise ConfigError(f"{where}.selector", {}, "must name at least one label")
+    for key, value in kube.selector.items():
+        if not _LABEL_KEY.match(key):
+            raise ConfigError(f"{where}.selector", key, "is not a valid label key")
+        if not _LABEL_VALUE.match(value):
+            raise ConfigError(f"{where}.selector.{key}", value, "is not a valid label value")
+    if kube.engine_label and not _LABEL_KEY.match(kube.engine_label):
+        raise ConfigError(f"{where}.engine_label", kube.engine_label, "is not a valid label key")
 
 
 def check_slo(cfg: SloConfig, path: str) -> None:

@@ -150,8 +150,37 @@ class EndpointConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class KubernetesDiscoveryConfig:
+    """The pool's endpoints are the ready pods matching ``selector`` in ``namespace``, watched
+    through the Kubernetes API (list + watch): pods join when ready and leave when unready or
+    gone, live."""
+
+    selector: Mapping[str, str] = field(default_factory=dict)
+    """Pod labels that must all match (the InferencePool's ``selector``), e.g.
+    ``{llm-d.ai/guide: optimized-baseline}``. Required, non-empty."""
+    namespace: str = ""
+    """Empty: the gateway's own namespace (the service account's namespace file in a pod, else
+    ``POD_NAMESPACE``, else the kubeconfig context's, else ``default``)."""
+    port: int = _bounded(8000, ge=1, le=65535)
+    """The model servers' port on each pod (the InferencePool's ``targetPorts``)."""
+    scheme: str = _bounded("http", choices=("http", "https"))
+    engine_label: str = ""
+    """A pod label naming the pod's engine (``vllm`` or ``sglang``); empty, absent or another
+    value: ``vllm``."""
+    kubeconfig: str = ""
+    """Empty: in-cluster (the pod's service account), else ``KUBECONFIG`` / ``~/.kube/config``.
+    A path: that kubeconfig file."""
+    resync_s: float = _bounded(300.0, gt=0)
+    """Longest a watch is kept open before it is re-established (the server may end it
+    sooner); a relist happens only when the server says the watch is too old (410 Gone)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PoolConfig:
     endpoints: tuple[EndpointConfig, ...] = ()
+    """Static endpoints. Mutually exclusive with ``kubernetes``."""
+    kubernetes: KubernetesDiscoveryConfig | None = None
+    """Discover the endpoints from the Kubernetes API instead of listing them."""
     models: tuple[str, ...] = ()
     """Model names the pool serves. Empty: learned from each endpoint's ``/v1/models``."""
     metrics_path: str = "/metrics"

@@ -14,17 +14,18 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from config import EndpointConfig, GatewayConfig
+from config import GatewayConfig
 from gateway.auth import AccessPolicy
-from gateway.backends.control_session import ControlSessionConfig, make_control_session
+from gateway.backends.control_session import ControlSessionConfig
 from gateway.backends.discovery import run_discovery
 from gateway.backends.health_check import HealthChecker
+from gateway.backends.membership import PoolMembership, endpoint_of
 from gateway.backends.outliers import OutlierDetector
 from gateway.backends.pool_state import ScrapeStatus
 from gateway.backends.scraper import EndpointScraper
@@ -39,7 +40,7 @@ from gateway.middlewares import (
     make_error_middleware,
 )
 from gateway.passthrough import Passthrough
-from gateway.pod_access import control_session_factory, pod_headers, pod_ssl
+from gateway.pod_access import pod_headers, pod_ssl
 from gateway.predictor_telemetry import PredictorMetrics, PredictorStateCollector
 from gateway.response_pods import ResponsePods
 from gateway.retries import RetryPolicy
@@ -55,12 +56,6 @@ from scheduler.plugins import builtin_registry
 from scheduler.predictor.runtime import LATENCY_PREDICTOR, LatencyPredictor
 
 
-def endpoint_from_config(cfg: EndpointConfig) -> Endpoint:
-    parts = urlsplit(cfg.url)
-    name = cfg.name or parts.netloc
-    return Endpoint(name=name, url=cfg.url.rstrip("/"), labels=dict(cfg.labels))
-
-
 class Gateway:
     """Everything one gateway instance owns; reachable from handlers via ``gateway_key``."""
 
@@ -72,9 +67,9 @@ class Gateway:
         self.rng = deps.rng
         self.started_at = int(time.time())
         self.draining = False
-        self.engines = {endpoint_from_config(e).name: e.engine for e in cfg.pool.endpoints}
+        self.engines = {endpoint_of(e).name: e.engine for e in cfg.pool.endpoints}
         self.store = EndpointStore(
-            (endpoint_from_config(e) for e in cfg.pool.endpoints),
+            (endpoint_of(e) for e in cfg.pool.endpoints),
             staleness_s=cfg.pool.staleness_ms / 1000,
             static_models=cfg.pool.models,
         )
@@ -112,12 +107,10 @@ class Gateway:
         self.access = AccessPolicy.from_config(cfg, os.environ if environ is None else environ)
         """Client API keys, the /metrics token and the Authorization policy."""
         # A bad CA file or pod token fails here, at start, naming its key.
-        pod_ssl(cfg.upstream)
-        pod_headers(cfg.upstream)
+        self._pod_ssl = pod_ssl(cfg.upstream)
+        self._pod_headers = pod_headers(cfg.upstream)
         self._session_factory = deps.session_factory
         self._control_session_factory = deps.control_session_factory
-        if self._control_session_factory is make_control_session:
-            self._control_session_factory = control_session_factory(cfg.upstream)
         self._session: aiohttp.ClientSession | None = None
         self._control_session: aiohttp.ClientSession | None = None
         self.response_pods = ResponsePods(cfg.server.max_response_ids)
@@ -138,6 +131,20 @@ class Gateway:
             clock=deps.clock,
             rng=deps.rng,
         )
+        self._discovery_wake = asyncio.Event()
+        self.membership = PoolMembership(
+            self.store,
+            engines=self.engines,
+            statuses=self.scrape_status,
+            start_scraper=self._scrape,
+            on_leave=(
+                self.outliers.forget,
+                self.metrics.forget_endpoint,
+                lambda name: self.scheduler.forget_endpoint(name),
+            ),
+            on_join=(lambda _name: self._discovery_wake.set(),),
+        )
+        """Endpoints joining and leaving while the gateway runs (discovery, reload)."""
         self.director = Director(
             cfg=cfg,
             store=self.store,
@@ -177,7 +184,11 @@ class Gateway:
             ControlSessionConfig(
                 connect_timeout_s=self.cfg.upstream.connect_timeout_s,
                 request_timeout_s=self.cfg.pool.scrape_timeout_ms / 1000,
-                max_connections=3 * max(1, len(self.store.endpoints)),
+                # Three per endpoint; the pool may grow while running (discovery, reload),
+                # each task holds one connection at most, so the cap is only a safety net.
+                max_connections=3 * max(64, len(self.store.endpoints)),
+                ssl=self._pod_ssl,
+                headers=self._pod_headers,
             )
         )
         yield
@@ -185,24 +196,24 @@ class Gateway:
         await self._control_session.close()
         self._session = self._control_session = None
 
+    def _scrape(
+        self, endpoint: Endpoint, engine: str, status: ScrapeStatus
+    ) -> Coroutine[Any, Any, None]:
+        return EndpointScraper(
+            endpoint,
+            engine=engine,
+            store=self.store,
+            session=self.control_session,
+            cfg=self.cfg.pool,
+            metrics=self.metrics,
+            clock=self.clock,
+            rng=self.rng,
+            status=status,
+        ).run()
+
     async def background_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        tasks = [
-            asyncio.create_task(
-                EndpointScraper(
-                    endpoint,
-                    engine=self.engines.get(endpoint.name, "vllm"),
-                    store=self.store,
-                    session=self.control_session,
-                    cfg=self.cfg.pool,
-                    metrics=self.metrics,
-                    clock=self.clock,
-                    rng=self.rng,
-                    status=self.scrape_status.setdefault(endpoint.name, ScrapeStatus()),
-                ).run(),
-                name=f"scrape:{endpoint.name}",
-            )
-            for endpoint in self.store.endpoints
-        ]
+        self.membership.start()
+        tasks: list[asyncio.Task[None]] = []
         if self.cfg.upstream.consecutive_failures:  # 0: outlier detection off, no ejections
             tasks.append(
                 asyncio.create_task(
@@ -230,6 +241,7 @@ class Gateway:
                         metrics=self.metrics,
                         clock=self.clock,
                         rng=self.rng,
+                        wake=self._discovery_wake,
                     ),
                     name="discovery",
                 )
@@ -240,6 +252,7 @@ class Gateway:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.membership.close()
         await asyncio.get_running_loop().run_in_executor(None, self.trainer.close)
 
     async def on_shutdown(self, app: web.Application) -> None:

@@ -163,11 +163,14 @@ class FaultReporter:
     def failed(
         self, endpoint: str, fault: Fault, *, request_id: str, detail: str, action: str
     ) -> None:
-        if fault is Fault.CONNECT:
-            self._store.mark_down(endpoint, self._clock())
-        self._metrics.upstream_errors.labels(endpoint, fault.value).inc()
-        if fault.counts:
-            self._outliers.failed(endpoint, fault.value)
+        if endpoint in self._store:
+            # An endpoint that already left the pool (a deleted pod's streams breaking) is
+            # only logged: counting it would bring back the series its departure removed.
+            if fault is Fault.CONNECT:
+                self._store.mark_down(endpoint, self._clock())
+            self._metrics.upstream_errors.labels(endpoint, fault.value).inc()
+            if fault.counts:
+                self._outliers.failed(endpoint, fault.value)
         log = logger.info if fault is Fault.BUSY else logger.warning
         log(
             "upstream.failed",

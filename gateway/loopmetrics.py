@@ -97,6 +97,12 @@ class LoopCounter(Collector):
     def inc(self, amount: float = 1.0) -> None:
         self._children[()].inc(amount)
 
+    def remove_where(self, label: str, value: str) -> None:
+        """Drop every child whose ``label`` is ``value`` (an endpoint that left the pool)."""
+        i = self._labelnames.index(label)
+        for values in [v for v in self._children if v[i] == value]:
+            del self._children[values]
+
     def describe(self) -> list[Metric]:
         return [CounterMetricFamily(self.name, self._doc, labels=self._labelnames)]
 

@@ -3,30 +3,18 @@ presents to them.
 
 Both apply to every connection the gateway opens to a pod: the relay's session
 (:func:`gateway.proxy.make_session`) and the control session of the scraper and model discovery
-(:func:`control_session_factory`). The gateway only ever connects to the endpoints of its pool:
-request paths are appended to an endpoint's configured URL and nothing a client sends names a
-host (an absolute-form request target is reduced to its path, see
-:mod:`gateway.middlewares`).
+(:class:`gateway.backends.control_session.ControlSessionConfig` carries both). The gateway only
+ever connects to the endpoints of its pool: request paths are appended to an endpoint's
+configured URL and nothing a client sends names a host (an absolute-form request target is
+reduced to its path, see :mod:`gateway.middlewares`).
 """
 
 from __future__ import annotations
 
-import functools
 import ssl
-from collections.abc import Callable
-
-import aiohttp
 
 from config import ConfigError, UpstreamConfig
 from gateway.auth import single_secret
-from gateway.backends.control_session import (
-    ACCEPT,
-    ACCEPT_ENCODING,
-    ControlSessionConfig,
-    make_control_session,
-)
-
-ControlSessionFactory = Callable[[ControlSessionConfig], aiohttp.ClientSession]
 
 
 def pod_ssl(cfg: UpstreamConfig) -> ssl.SSLContext | bool:
@@ -64,35 +52,3 @@ def pod_headers(cfg: UpstreamConfig) -> dict[str, str]:
     """Headers every request to a pod carries (a request's own header of that name wins)."""
     authorization = pod_authorization(cfg)
     return {"Authorization": authorization} if authorization else {}
-
-
-def control_session_factory(cfg: UpstreamConfig) -> ControlSessionFactory:
-    """The control-session factory honouring ``cfg``'s TLS trust and pod token: the plain
-    :func:`make_control_session` when neither is configured."""
-    if cfg.tls_verify and not cfg.tls_ca_file and pod_authorization(cfg) is None:
-        return make_control_session
-    return functools.partial(_make_secure_control_session, upstream=cfg)
-
-
-def _make_secure_control_session(
-    cfg: ControlSessionConfig, *, upstream: UpstreamConfig
-) -> aiohttp.ClientSession:
-    # make_control_session's session plus TLS trust and the pod token. (Kept in step with it by
-    # hand until ControlSessionConfig carries both; tests/gateway/test_tls.py scrapes through it.)
-    connector = aiohttp.TCPConnector(
-        limit=cfg.max_connections,
-        limit_per_host=0,
-        ttl_dns_cache=60,
-        keepalive_timeout=cfg.keepalive_s,
-        ssl=pod_ssl(upstream),
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=True,
-        headers={"Accept": ACCEPT, "Accept-Encoding": ACCEPT_ENCODING, **pod_headers(upstream)},
-        timeout=aiohttp.ClientTimeout(
-            total=cfg.request_timeout_s, sock_connect=cfg.connect_timeout_s
-        ),
-        skip_auto_headers=("User-Agent",),
-    )

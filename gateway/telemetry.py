@@ -40,7 +40,7 @@ TOKEN_BUCKETS = (
 )  # fmt: skip
 
 
-BACKGROUND_TASKS = ("scrape", "discovery", "trainer", "health_check")
+BACKGROUND_TASKS = ("scrape", "discovery", "trainer", "health_check", "kubernetes", "reload")
 """The ``task`` label values of ``slogate_background_task_errors_total``."""
 RETRY_REASONS = ("connect", "reset", "protocol", "5xx", "busy")
 """The ``reason`` label values of ``slogate_upstream_retries_total``: the retried faults."""
@@ -236,6 +236,12 @@ class GatewayMetrics:
         self._model_children: dict[str, _ModelChildren] = {}
         self._http_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._pooling_children: dict[tuple[str, str], Any] = {}
+
+    def forget_endpoint(self, endpoint: str) -> None:
+        """The endpoint left the pool: its labelled series go (label sets stay bounded when
+        pods come and go)."""
+        for counter in (self.upstream_errors, self.ejections, self.scrape_errors):
+            counter.remove_where("endpoint", endpoint)
 
     def _counter(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> LoopCounter:
         counter = LoopCounter(name, doc, labelnames)

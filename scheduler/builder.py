@@ -14,6 +14,7 @@ from scheduler.framework.params import Params
 from scheduler.framework.plugins import (
     Admitter,
     DataProducer,
+    EndpointLifecycle,
     Filter,
     Picker,
     Plugin,
@@ -50,6 +51,7 @@ def build_scheduler(
         admitters=[p for p in instances if isinstance(p, Admitter)],
         pre_requests=[p for p in instances if isinstance(p, PreRequest)],
         observers=[p for p in instances if isinstance(p, ResponseObserver)],
+        lifecycles=[p for p in instances if isinstance(p, EndpointLifecycle)],
         clock=handle.clock,
         timer=timer,
     )

@@ -17,6 +17,7 @@ from scheduler.framework.plugins import (
     Admitter,
     Clock,
     DataProducer,
+    EndpointLifecycle,
     PreRequest,
     RequestRecord,
     ResponseObserver,
@@ -31,6 +32,7 @@ class Scheduler:
     __slots__ = (
         "_admitters",
         "_clock",
+        "_lifecycles",
         "_observers",
         "_pre_requests",
         "_producers",
@@ -46,6 +48,7 @@ class Scheduler:
         admitters: Sequence[Admitter] = (),
         pre_requests: Sequence[PreRequest] = (),
         observers: Sequence[ResponseObserver] = (),
+        lifecycles: Sequence[EndpointLifecycle] = (),
         clock: Clock,
         timer: PluginTimer,
     ) -> None:
@@ -54,6 +57,7 @@ class Scheduler:
         self._admitters = tuple(admitters)
         self._pre_requests = tuple(pre_requests)
         self._observers = tuple(observers)
+        self._lifecycles = tuple(lifecycles)
         self._clock = clock
         self._timer = timer
 
@@ -116,4 +120,14 @@ class Scheduler:
                 logger.exception(
                     "plugin.observer_failed",
                     extra={"request_id": request.request_id, "plugin": observer.name},
+                )
+
+    def forget_endpoint(self, endpoint: str) -> None:
+        """The endpoint left the pool: every plugin drops what it keeps about it."""
+        for plugin in self._lifecycles:
+            try:
+                plugin.forget(endpoint)
+            except Exception:
+                logger.exception(
+                    "plugin.forget_failed", extra={"endpoint": endpoint, "plugin": plugin.name}
                 )

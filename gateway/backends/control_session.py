@@ -13,7 +13,9 @@ scrape, a model poll and a health check), so it never waits behind the relay's s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -33,6 +35,11 @@ class ControlSessionConfig:
     keepalive_s: float = 4.0
     """Below uvicorn's 5 s default, so a slow scrape interval never reuses a connection the
     server is closing."""
+    ssl: ssl.SSLContext | bool = True
+    """TLS for ``https://`` endpoints: aiohttp's verified default, a context trusting the
+    configured CA, or ``False`` (no verification)."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Sent with every request (the pods' token, ``Authorization``)."""
 
 
 def make_control_session(cfg: ControlSessionConfig) -> aiohttp.ClientSession:
@@ -41,12 +48,13 @@ def make_control_session(cfg: ControlSessionConfig) -> aiohttp.ClientSession:
         limit_per_host=0,
         ttl_dns_cache=60,
         keepalive_timeout=cfg.keepalive_s,
+        ssl=cfg.ssl,
     )
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=True,
-        headers={"Accept": ACCEPT, "Accept-Encoding": ACCEPT_ENCODING},
+        headers={"Accept": ACCEPT, "Accept-Encoding": ACCEPT_ENCODING, **cfg.headers},
         timeout=aiohttp.ClientTimeout(
             total=cfg.request_timeout_s, sock_connect=cfg.connect_timeout_s
         ),

@@ -5,8 +5,9 @@ LoRA adapter loaded on top of that base model (vLLM lists adapters so, with ``ro
 adapter's path), which makes the adapter a model of that endpoint too.
 
 Polls every endpoint at start, then every ``models_refresh_s``; an endpoint whose models are
-still unknown is polled every second until it answers. Skipped entirely when the pool
-declares its models in config. A poll that fails in a way nobody foresaw is logged with its
+still unknown is polled every second until it answers, and one that joins the pool (or comes
+back at another address) at once. Skipped entirely when the pool declares its models in
+config. A poll that fails in a way nobody foresaw is logged with its
 traceback and counted in ``slogate_background_task_errors_total{task="discovery"}``; that
 endpoint is polled again after a capped, jittered backoff, and the task carries on.
 """
@@ -14,6 +15,7 @@ endpoint is polled again after a capped, jittered backoff, and the task carries 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -67,11 +69,14 @@ async def run_discovery(
     metrics: GatewayMetrics,
     clock: Callable[[], float],
     rng: random.Random,
+    wake: asyncio.Event | None = None,
 ) -> None:
+    """``wake``: set when an endpoint joins the pool, so its models are asked at once."""
     timeout_s = cfg.scrape_timeout_ms / 1000
     known: dict[str, bool] = {}
     backoffs: dict[str, Backoff] = {}
     retry_at: dict[str, float] = {}
+    seen: dict[str, Endpoint] = {}
     task_errors = metrics.background_task_errors.labels(TASK)
 
     async def poll(endpoint: Endpoint) -> None:
@@ -128,14 +133,31 @@ async def run_discovery(
 
     waited = cfg.models_refresh_s
     while True:
+        current = {e.name: e for e in store.endpoints}
+        for name in [n for n, e in seen.items() if current.get(n) != e]:
+            # Left the pool, or came back under the same name at another address: start over.
+            del seen[name]
+            for state in (known, backoffs, retry_at):
+                state.pop(name, None)
+        seen.update(current)
         if waited >= cfg.models_refresh_s:
             targets = store.endpoints
             waited = 0.0
         else:
-            targets = [e for e in store.endpoints if not known.get(e.name, False)]
+            targets = [
+                e
+                for e in store.endpoints
+                if not known.get(e.name, False) or not store.models_known(e.name)
+            ]
         now = clock()
         targets = [e for e in targets if retry_at.get(e.name, now) <= now]
         if targets:
             await asyncio.gather(*(guarded_poll(e) for e in targets))
-        await asyncio.sleep(_RETRY_UNKNOWN_S)
-        waited += _RETRY_UNKNOWN_S
+        started = clock()
+        if wake is None:
+            await asyncio.sleep(_RETRY_UNKNOWN_S)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), _RETRY_UNKNOWN_S)
+            wake.clear()
+        waited += max(0.0, clock() - started)

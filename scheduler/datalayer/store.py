@@ -94,6 +94,9 @@ class EndpointStore:
         self.inflight.forget(name)
         self._index_adapters()
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._states
+
     @property
     def endpoints(self) -> list[Endpoint]:
         return [self._states[n].endpoint for n in self._order]
@@ -167,6 +170,11 @@ class EndpointStore:
             return model in self.static_models
         models = self._states[name].models
         return models is not None and model in models
+
+    def models_known(self, name: str) -> bool:
+        """Whether the endpoint's models are known (declared in config, or discovered)."""
+        state = self._states.get(name)
+        return bool(self.static_models) or (state is not None and state.models is not None)
 
     def models(self) -> list[str]:
         """Every model some endpoint serves (LoRA adapters included), sorted."""

@@ -100,6 +100,15 @@ class Admitter(Plugin, Protocol):
 
 
 @runtime_checkable
+class EndpointLifecycle(Plugin, Protocol):
+    """A plugin keeping state per endpoint drops it when the endpoint leaves the pool (a
+    Kubernetes pod deleted, a config reload), so a pool whose pods come and go does not keep a
+    record of every pod it ever had."""
+
+    def forget(self, endpoint: str) -> None: ...
+
+
+@runtime_checkable
 class PreRequest(Plugin, Protocol):
     """Bookkeeping at dispatch, after the pick (in-flight counters, prefix index, predictions)."""
 

@@ -588,6 +588,13 @@ class LatencyPredictor:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    def forget(self, endpoint: str) -> None:
+        """The endpoint left the pool: drop its live corrections (drift, cold-start unit).
+        Requests still in flight to it end as usual; its samples age out of the window."""
+        for drift in self.drift.values():
+            drift.forget(endpoint)
+        self.units.forget(endpoint)
+
     # -- live accuracy ------------------------------------------------------------------
     def _score(
         self, target: str, predicted: float, actual: float, margins: Mapping[str, float]

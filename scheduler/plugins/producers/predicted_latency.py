@@ -142,3 +142,6 @@ class PredictedLatencyProducer:
 
     def on_end(self, request: InferenceRequest, record: RequestRecord) -> None:
         self.predictor.finished(request.request_id, record)
+
+    def forget(self, endpoint: str) -> None:
+        self.predictor.forget(endpoint)
