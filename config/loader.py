@@ -16,6 +16,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -81,6 +82,14 @@ _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 
 def check_pool(cfg: PoolConfig, path: str) -> None:
+    names: set[str] = set()
+    for i, endpoint in enumerate(cfg.endpoints):
+        name = endpoint.name or urlsplit(endpoint.url).netloc
+        if name in names:
+            raise ConfigError(
+                f"{path}.endpoints[{i}]", name, "a second endpoint of that name (give each a name)"
+            )
+        names.add(name)
     kube = cfg.kubernetes
     if kube is None:
         return

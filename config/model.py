@@ -32,6 +32,9 @@ class ServerConfig:
     Kubernetes takes it out of its Services before it stops listening. SIGINT (Ctrl-C) skips
     it."""
     access_log: bool = False
+    config_watch_s: float = _bounded(2.0, ge=0)
+    """How often the configuration file (and the key and token files it names) is checked
+    for changes, which are then applied as on SIGHUP; 0: only on SIGHUP."""
     passthrough_get: tuple[str, ...] = ("/version",)
     """GET paths of the model servers' API relayed untouched to one usable endpoint (the
     others get 404)."""

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from config import GatewayConfig
+from config import GatewayConfig, SchedulingConfig
 from gateway.auth import AccessPolicy
 from gateway.backends.control_session import ControlSessionConfig
 from gateway.backends.discovery import run_discovery
@@ -54,6 +54,7 @@ from scheduler.framework.plugins import PluginHandle
 from scheduler.framework.types import Endpoint
 from scheduler.plugins import builtin_registry
 from scheduler.predictor.runtime import LATENCY_PREDICTOR, LatencyPredictor
+from scheduler.scheduler import Scheduler
 
 
 class Gateway:
@@ -82,14 +83,8 @@ class Gateway:
             per_bucket=cfg.predictor.samples_per_bucket,
             shape_label=cfg.predictor.shape_label or None,
         )
-        handle = PluginHandle(clock=deps.clock, rng=deps.rng)
-        handle.services.put(LATENCY_PREDICTOR, self.predictor)
-        self.scheduler = build_scheduler(
-            cfg.scheduling,
-            registry=deps.plugin_registry or builtin_registry(),
-            handle=handle,
-            timer=self.metrics,
-        )
+        self._registry = deps.plugin_registry or builtin_registry()
+        scheduler = self.new_scheduler(cfg.scheduling)
         self.trainer = PredictorTrainer(
             self.predictor,
             cfg.predictor,
@@ -112,6 +107,7 @@ class Gateway:
         self._session_factory = deps.session_factory
         self._control_session_factory = deps.control_session_factory
         self._session: aiohttp.ClientSession | None = None
+        self._trainer_task: asyncio.Task[None] | None = None
         self._control_session: aiohttp.ClientSession | None = None
         self.response_pods = ResponsePods(cfg.server.max_response_ids)
         """The endpoint of each recent Responses API response (``previous_response_id``)."""
@@ -140,7 +136,7 @@ class Gateway:
             on_leave=(
                 self.outliers.forget,
                 self.metrics.forget_endpoint,
-                lambda name: self.scheduler.forget_endpoint(name),
+                lambda name: self.director.policy.scheduler.forget_endpoint(name),
             ),
             on_join=(lambda _name: self._discovery_wake.set(),),
         )
@@ -148,7 +144,7 @@ class Gateway:
         self.director = Director(
             cfg=cfg,
             store=self.store,
-            scheduler=self.scheduler,
+            scheduler=scheduler,
             encoder=PromptEncoder(deps.tokenizer or load_tokenizer(cfg.tokenizer.tokenizer)),
             session=self.session,
             metrics=self.metrics,
@@ -159,6 +155,24 @@ class Gateway:
             faults=self.faults,
             response_pods=self.response_pods,
         )
+
+    def new_scheduler(self, scheduling: SchedulingConfig) -> Scheduler:
+        """A scheduler for ``scheduling``, its plugins sharing this gateway's predictor. Raises
+        ``ConfigError`` (naming the plugin and parameter) when the plugins reject it."""
+        handle = PluginHandle(clock=self.clock, rng=self.rng)
+        handle.services.put(LATENCY_PREDICTOR, self.predictor)
+        return build_scheduler(
+            scheduling, registry=self._registry, handle=handle, timer=self.metrics
+        )
+
+    def start_trainer(self) -> None:
+        """Train the predictor in the background, unless it is not used or already trained."""
+        if self.predictor.enabled and self._trainer_task is None:
+            self._trainer_task = asyncio.create_task(self._run_trainer(), name="trainer")
+
+    async def _run_trainer(self) -> None:
+        await self.trainer.restore()
+        await self.trainer.run()
 
     def endpoint_shapes(self) -> dict[str, str]:
         label = self.cfg.predictor.shape_label
@@ -230,7 +244,7 @@ class Gateway:
             )
         if self.predictor.enabled:
             await self.trainer.restore()
-            tasks.append(asyncio.create_task(self.trainer.run(), name="trainer"))
+            self._trainer_task = asyncio.create_task(self.trainer.run(), name="trainer")
         if not self.cfg.pool.models:
             tasks.append(
                 asyncio.create_task(
@@ -247,6 +261,9 @@ class Gateway:
                 )
             )
         yield
+        if self._trainer_task is not None:
+            tasks.append(self._trainer_task)
+            self._trainer_task = None
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -272,7 +289,7 @@ def create_app(
         client_max_size=cfg.server.max_body_bytes,
         middlewares=[
             make_error_middleware(gateway.metrics, deps.clock),
-            make_access_middleware(gateway.access),
+            make_access_middleware(lambda: gateway.access),
             make_body_middleware(
                 max_body_bytes=cfg.server.max_body_bytes,
                 timeout_s=cfg.server.body_read_timeout_s,

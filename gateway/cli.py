@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -25,11 +27,12 @@ from config import (
     load_config,
     preset_names,
 )
-from config.loader import check_scheduling
+from config.loader import check_pool, check_scheduling
 from gateway.app import create_app
 from gateway.keys import gateway_key
 from gateway.listener import listener_settings
 from gateway.logs import configure_logging
+from gateway.reload import ConfigReloader, watched_files
 from gateway.tls import CertificateReloader
 
 logger = logging.getLogger(__name__)
@@ -114,15 +117,31 @@ def serve_config(args: argparse.Namespace) -> GatewayConfig:
         )
     # Re-validate the assembled config: overrides must obey the same rules as the file.
     check_scheduling(cfg.scheduling, "scheduling")
-    if not cfg.pool.endpoints:
-        raise ConfigError("pool.endpoints", [], "no endpoints: give --endpoint URL or a config")
+    check_pool(cfg.pool, "pool")
+    if not cfg.pool.endpoints and cfg.pool.kubernetes is None:
+        raise ConfigError(
+            "pool.endpoints",
+            [],
+            "no endpoints: give --endpoint URL, or a config with pool.endpoints or pool.kubernetes",
+        )
     return cfg
 
 
-def run_gateway(cfg: GatewayConfig) -> None:
+def run_gateway(cfg: GatewayConfig, args: argparse.Namespace | None = None) -> None:
+    """Serve ``cfg``; with ``args`` (the command line it came from), SIGHUP and changes of the
+    configuration file reload it (:mod:`gateway.reload`)."""
     configure_logging(cfg.logging.level, cfg.logging.format)
     app = create_app(cfg)
     gateway = app[gateway_key]
+    config_path = None if args is None else args.config
+    reloader = ConfigReloader(
+        gateway,
+        (lambda: cfg) if args is None else (lambda: serve_config(args)),
+        environ=os.environ,
+        files=watched_files(config_path),
+    )
+    if config_path and cfg.server.config_watch_s > 0:
+        app.cleanup_ctx.append(_watch_ctx(reloader, cfg.server.config_watch_s))
     tls = CertificateReloader.from_config(
         cfg.server, on_error=gateway.metrics.background_task_errors.labels("tls_reload").inc
     )
@@ -140,14 +159,32 @@ def run_gateway(cfg: GatewayConfig) -> None:
     )
     loop = new_event_loop()
     try:
-        loop.run_until_complete(serve_until_stopped(app, cfg, None if tls is None else tls.context))
+        loop.run_until_complete(
+            serve_until_stopped(app, cfg, None if tls is None else tls.context, reloader)
+        )
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
 
+def _watch_ctx(
+    reloader: ConfigReloader, interval_s: float
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(reloader.watch(interval_s), name="config_watch")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
+
+
 async def serve_until_stopped(
-    app: web.Application, cfg: GatewayConfig, ssl_context: ssl.SSLContext | None
+    app: web.Application,
+    cfg: GatewayConfig,
+    ssl_context: ssl.SSLContext | None,
+    reloader: ConfigReloader | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop in Kubernetes' order: readiness first.
 
@@ -155,6 +192,8 @@ async def serve_until_stopped(
     served (endpoints controllers take the pod out of Services meanwhile); then the listener
     closes, in-flight requests get ``server.shutdown_timeout_s`` to finish, and whatever still
     runs is cancelled and counted in the ``gateway.stopped`` log line. SIGINT skips the delay.
+    SIGHUP reloads the configuration through ``reloader`` (without one it is logged and
+    ignored: its default action would end the process).
     """
     runner = web.AppRunner(
         app,
@@ -180,13 +219,12 @@ async def serve_until_stopped(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    # SIGHUP's default action would end the process; until configuration reload exists, it is
-    # refused with a log line instead (restart the gateway to apply a new configuration).
-    loop.add_signal_handler(
-        signal.SIGHUP,
-        logger.warning,
-        "gateway.reload_unsupported: configuration reload is not implemented; restart to apply",
-    )
+    if reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+    else:
+        loop.add_signal_handler(
+            signal.SIGHUP, logger.warning, "gateway.reload_unavailable: SIGHUP ignored"
+        )
     gateway = app[gateway_key]
     inflight = gateway.store.inflight
     try:
@@ -227,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
-            run_gateway(serve_config(args))
+            run_gateway(serve_config(args), args)
         elif args.command == "sim":
             from loadtest.sim.cli import run_sim
 

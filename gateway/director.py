@@ -37,7 +37,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from config import GatewayConfig
+from config import GatewayConfig, SloConfig
 from gateway.errors import (
     NoEndpointError,
     NotFoundError,
@@ -57,9 +57,8 @@ from gateway.faults import (
     exception_fault,
     status_fault,
 )
-from gateway.flow_control import AdmissionQueue
-from gateway.objectives import Objectives
 from gateway.parsing import ParsedRequest, parse_request
+from gateway.policy import RoutingPolicy, routing_policy
 from gateway.proxy import REQUEST_ID_HEADER, downstream_headers, upstream_headers
 from gateway.response_pods import ResponsePods, pod_gone
 from gateway.retries import RequestRetries, RetryPolicy
@@ -88,6 +87,7 @@ class _Attempt:
     """Mutable measurements of one dispatch to one endpoint."""
 
     candidate: Candidate
+    policy: RoutingPolicy
     dispatched_at: float
     scanner: SseScanner
     status: int = 0
@@ -121,39 +121,44 @@ class Director:
         self._retries = retries
         self._faults = faults
         self._store = store
-        self._scheduler = scheduler
         self._encoder = encoder
         self._session = session
         self._metrics = metrics
-        self._observers: tuple[RequestObserver, ...] = (scheduler, metrics, *observers)
+        self._extra_observers = tuple(observers)
         self._clock = clock
         self._response_pods = (
             ResponsePods(cfg.server.max_response_ids) if response_pods is None else response_pods
         )
-        self._objectives = Objectives(cfg.slo)
-        queue = cfg.slo.queue
-        self._queue = (
-            AdmissionQueue(
-                max_queued=queue.max_queued,
-                max_wait_s=queue.max_wait_ms / 1000,
-                clock=clock,
-                on_change=metrics.queue_changed,
-            )
-            if queue.enabled
-            else None
+        self.policy = routing_policy(
+            scheduler, cfg.slo, metrics=metrics, observers=observers, clock=clock
         )
+        """The scheduler, objectives and admission queue new requests get (a reload swaps
+        it: :meth:`reconfigure`); each request keeps the one it arrived under."""
         self._id_prefix = f"{rng.getrandbits(32):08x}-"
         self._ids = itertools.count(1)
+
+    def reconfigure(self, scheduler: Scheduler, slo: SloConfig) -> None:
+        """New requests get ``scheduler`` and ``slo`` (a configuration reload); requests
+        already admitted finish under the policy they arrived with."""
+        self.policy = routing_policy(
+            scheduler,
+            slo,
+            metrics=self._metrics,
+            observers=self._extra_observers,
+            clock=self._clock,
+            previous=self.policy,
+        )
 
     # -- the story ------------------------------------------------------------------------
     async def handle(self, request: web.Request, api: Api) -> web.StreamResponse:
         received_at = self._clock()
+        policy = self.policy
         body = await self._read_body(request)
         parsed = parse_request(body, api)
-        objective = self._objectives.resolve(request.headers)
+        objective = policy.objectives.resolve(request.headers)
         internal_id = f"{self._id_prefix}{next(self._ids)}"
         client_id = request.headers.get(REQUEST_ID_HEADER) or internal_id
-        explain = self._cfg.slo.explain and request.headers.get(EXPLAIN_HEADER, "") in (
+        explain = policy.slo.explain and request.headers.get(EXPLAIN_HEADER, "") in (
             "1",
             "true",
         )
@@ -175,7 +180,7 @@ class Director:
             batch_size=parsed.batch_size,
             base_model=self._store.adapter_parent(parsed.model),
         )
-        result = await self._admit(ireq, self._pinned(parsed.previous_response_id))
+        result = await self._admit(ireq, policy, self._pinned(parsed.previous_response_id))
         self._metrics.dispatch.observe(self._clock() - received_at)
         if ireq.explain and logger.isEnabledFor(logging.DEBUG):
             logger.debug(
@@ -184,7 +189,7 @@ class Director:
             )
         extra = {EXPLAIN_HEADER: header_value(result)} if explain else None
         return await self._dispatch(
-            request, body, ireq, result, client_id, parsed.include_usage, extra
+            request, body, ireq, policy, result, client_id, parsed.include_usage, extra
         )
 
     def _pinned(self, previous_response_id: str | None) -> tuple[str, str] | None:
@@ -216,19 +221,22 @@ class Director:
         return self._encoder.encode(parsed.segments)
 
     async def _admit(
-        self, ireq: InferenceRequest, pinned: tuple[str, str] | None = None
+        self,
+        ireq: InferenceRequest,
+        policy: RoutingPolicy,
+        pinned: tuple[str, str] | None = None,
     ) -> SchedulingResult:
         """Schedule the request, through the admission queue when flow control is on; a
         refusal becomes a 429 with llm-d's reason header. ``pinned``: (response id, endpoint)
         when the request must go to the endpoint holding that response."""
-        queue = self._queue
+        queue = policy.queue
         try:
             if queue is None:
-                return self._schedule(ireq, pinned)
+                return self._schedule(ireq, policy.scheduler, pinned)
             started = self._clock()
             try:
                 result, waited = await queue.admit(
-                    ireq.priority, lambda: self._schedule(ireq, pinned)
+                    ireq.priority, lambda: self._schedule(ireq, policy.scheduler, pinned)
                 )
             except AdmissionDenied as exc:
                 self._metrics.queue_waited(ireq.priority, exc.reason, self._clock() - started)
@@ -251,12 +259,15 @@ class Director:
                 code=exc.reason.replace("-", "_"),
                 headers={
                     "x-llm-d-request-dropped-reason": exc.reason,
-                    "retry-after": str(self._cfg.slo.retry_after_s),
+                    "retry-after": str(policy.slo.retry_after_s),
                 },
             ) from exc
 
     def _schedule(
-        self, ireq: InferenceRequest, pinned: tuple[str, str] | None = None
+        self,
+        ireq: InferenceRequest,
+        scheduler: Scheduler,
+        pinned: tuple[str, str] | None = None,
     ) -> SchedulingResult:
         now = self._clock()
         if pinned is not None:
@@ -277,7 +288,7 @@ class Director:
                 )
             raise NoEndpointError(f"no usable endpoint serves model {ireq.model!r}")
         try:
-            result = self._scheduler.schedule(ireq, candidates)
+            result = scheduler.schedule(ireq, candidates)
         except NoCandidatesError as exc:
             raise NoEndpointError(str(exc)) from exc
         finally:
@@ -289,6 +300,7 @@ class Director:
         request: web.Request,
         body: bytes,
         ireq: InferenceRequest,
+        policy: RoutingPolicy,
         result: SchedulingResult,
         client_id: str,
         include_usage: bool,
@@ -302,7 +314,7 @@ class Director:
             for i in range(attempts):
                 if i:
                     result = replace(result, primary=replace(result.primary, targets=targets[i:]))
-                attempt = self._begin(ireq, result, include_usage)
+                attempt = self._begin(ireq, policy, result, include_usage)
                 endpoint = attempt.candidate.endpoint
                 last = i + 1 == attempts
                 try:
@@ -390,15 +402,20 @@ class Director:
 
     # -- bookkeeping ----------------------------------------------------------------------
     def _begin(
-        self, ireq: InferenceRequest, result: SchedulingResult, expect_usage: bool
+        self,
+        ireq: InferenceRequest,
+        policy: RoutingPolicy,
+        result: SchedulingResult,
+        expect_usage: bool,
     ) -> _Attempt:
         target = result.target
         match = target.attributes.get(PREFIX_MATCH)
         uncached = match.uncached_tokens(ireq.prompt_len) if match else ireq.prompt_len
         self._store.inflight.dispatched(ireq.request_id, target.name, uncached, ireq.sequences)
-        self._scheduler.pre_request(ireq, result)
+        policy.scheduler.pre_request(ireq, result)
         return _Attempt(
             candidate=target,
+            policy=policy,
             dispatched_at=self._clock(),
             scanner=(
                 ResponsesScanner()
@@ -410,7 +427,7 @@ class Director:
     def _first_token(self, ireq: InferenceRequest, attempt: _Attempt, now: float) -> None:
         self._store.inflight.first_token(ireq.request_id)
         self._learn_response(attempt)
-        for observer in self._observers:
+        for observer in attempt.policy.observers:
             observer.on_first_token(ireq, attempt.candidate.name, now)
 
     def _learn_response(self, attempt: _Attempt) -> None:
@@ -427,8 +444,8 @@ class Director:
         attempt.ended = True
         self._learn_response(attempt)
         self._store.inflight.finished(ireq.request_id)
-        if self._queue is not None:
-            self._queue.room_freed()
+        if attempt.policy.queue is not None:
+            attempt.policy.queue.room_freed()
         scanner = attempt.scanner
         prediction = attempt.candidate.attributes.get(PREDICTION)
         record = RequestRecord(
@@ -448,7 +465,7 @@ class Director:
             predicted_tpot_s=None if prediction is None else prediction.tpot_s,
             sequences=ireq.sequences,
         )
-        for observer in self._observers:
+        for observer in attempt.policy.observers:
             observer.on_end(ireq, record)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(

@@ -108,7 +108,7 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> Non
     request.protocol.force_close()  # after the bytes are queued: the transport flushes them
 
 
-def make_access_middleware(policy: AccessPolicy) -> Middleware:
+def make_access_middleware(current: Callable[[], AccessPolicy]) -> Middleware:
     """The request target, the client's token, and what of it goes upstream.
 
     - An absolute-form target (``GET http://host/path``) is reduced to its path: the gateway
@@ -116,6 +116,8 @@ def make_access_middleware(policy: AccessPolicy) -> Middleware:
     - Header values must be UTF-8 (they are forwarded to the pods): else 400.
     - The path's token (client API key, or the ``/metrics`` token) is checked: else 401.
     - The client's ``Authorization`` is removed unless ``upstream.forward_authorization``.
+
+    ``current()`` gives the policy in force (a configuration reload replaces it).
     """
 
     @web.middleware
@@ -123,6 +125,7 @@ def make_access_middleware(policy: AccessPolicy) -> Middleware:
         if not request.raw_path.startswith("/"):
             request = request.clone(rel_url=request.rel_url)
         _check_header_encoding(request)
+        policy = current()
         policy.check(request.path, request.headers.get(hdrs.AUTHORIZATION))
         if not policy.forward_authorization and hdrs.AUTHORIZATION in request.headers:
             headers = request.headers.copy()

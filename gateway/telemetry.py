@@ -42,6 +42,8 @@ TOKEN_BUCKETS = (
 
 BACKGROUND_TASKS = ("scrape", "discovery", "trainer", "health_check", "kubernetes", "reload")
 """The ``task`` label values of ``slogate_background_task_errors_total``."""
+RELOAD_RESULTS = ("applied", "unchanged", "rejected")
+"""The ``result`` label values of ``slogate_config_reloads_total``."""
 RETRY_REASONS = ("connect", "reset", "protocol", "5xx", "busy")
 """The ``reason`` label values of ``slogate_upstream_retries_total``: the retried faults."""
 RETRY_DENIALS = ("budget", "slo")
@@ -231,6 +233,24 @@ class GatewayMetrics:
         )
         for task in BACKGROUND_TASKS:
             self.background_task_errors.labels(task)
+        self.config_reloads = self._counter(
+            "slogate_config_reloads",
+            "Configuration reloads (SIGHUP or a changed file), by result: applied, unchanged, "
+            "rejected (the new configuration was invalid; the running one stays).",
+            ("result",),
+        )
+        for result in RELOAD_RESULTS:
+            self.config_reloads.labels(result)
+        self.config_last_reload_successful = 1.0
+        """1 when the last reload was applied (or none was tried), 0 when it was rejected."""
+        self.registry.register(
+            _ValueGauge(
+                "slogate_config_last_reload_successful",
+                "1 when the last configuration reload succeeded (or none was tried), 0 when "
+                "it was rejected and an older configuration still runs.",
+                lambda: self.config_last_reload_successful,
+            )
+        )
         self.registry.register(PoolCollector(store, clock))
         self._plugin_children: dict[tuple[str, str, str], Any] = {}
         self._model_children: dict[str, _ModelChildren] = {}
@@ -450,3 +470,18 @@ class PoolCollector(Collector):
             ("inference_pool_average_running_requests", running, "Mean running requests."),
         ):
             yield GaugeMetricFamily(name, doc, value=sum(values) / len(values) if values else 0.0)
+
+
+class _ValueGauge(Collector):
+    """One unlabelled gauge read from ``value()`` when Prometheus scrapes."""
+
+    def __init__(self, name: str, documentation: str, value: Callable[[], float]) -> None:
+        self._name = name
+        self._doc = documentation
+        self._value = value
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(self._name, self._doc)]
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self._name, self._doc, value=self._value())

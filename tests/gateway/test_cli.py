@@ -99,7 +99,7 @@ async def test_serve_runs_and_stops_on_sigterm(
                 except aiohttp.ClientConnectionError:
                     pass
                 await asyncio.sleep(0.05)
-            proc.send_signal(signal.SIGHUP)  # no reload yet: logged, never fatal
+            proc.send_signal(signal.SIGHUP)  # a reload (nothing changed): never fatal
             await asyncio.sleep(0.2)
             async with session.post(
                 f"{base}/v1/completions", json={"model": "sim-llm", "prompt": "hi"}
