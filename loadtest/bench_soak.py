@@ -37,10 +37,12 @@ The faults (:mod:`loadtest.soak_faults`) start after the warm-up: every ``--kill
 next pod gets SIGKILL and comes back ``--down-s`` later; from ``--stall-at-s`` (default half
 the kill period) every ``--stall-every-s`` another pod is slowed to ``--stall-speed`` (0.001)
 for ``--stall-s``, long enough for the gateway's read-idle timeout to end its streams; with
-``--reload-every-s`` the gateway gets SIGHUP. Whether the gateway survives SIGHUP is first
-tried on a throwaway gateway: if it does not, the run says "SIGHUP not supported" and sends
-none (the rest of the run goes on); if the real one dies of a later SIGHUP, the run stops
-there and says so.
+``--reload-every-s`` the gateway gets SIGHUP, each time after its config file was rewritten
+with another preset (the soak's and ``least-request`` in turn), so every reload swaps the
+scheduler under load (``config_reloads_by_result`` in the report counts them). Whether the
+gateway survives SIGHUP is first tried on a throwaway gateway: if it does not, the run says
+"SIGHUP not supported" and sends none (the rest of the run goes on); if the real one dies of a
+later SIGHUP, the run stops there and says so.
 
 What is reported (printed, and JSON to ``--out`` via :mod:`loadtest.report`):
 
@@ -119,6 +121,8 @@ from loadtest.soak_run import (
 from loadtest.soak_table import table_lines
 
 BENCHMARK = "bench_soak"
+RELOAD_PRESET = "least-request"
+"""What each even-numbered reload switches the preset to (odd ones switch it back)."""
 
 
 async def run_soak(
@@ -126,7 +130,7 @@ async def run_soak(
 ) -> dict[str, Any]:
     """The whole benchmark; the report's fields (module docstring)."""
     config_path = log_dir / "gateway.yaml"
-    config_path.write_text(gateway_config_yaml(settings.read_idle_timeout_s))
+    config_path.write_text(gateway_config_yaml(settings.read_idle_timeout_s, settings.preset))
     pods = [SimPod(i, settings.sims, log_dir) for i in range(settings.pods)]
     report: dict[str, Any] = {
         "settings": _settings_json(settings),
@@ -140,9 +144,8 @@ async def run_soak(
             sighup: dict[str, Any] = {"requested": settings.reload_every_s > 0}
             if settings.reload_every_s > 0:
                 probe = GatewayProcess(
-                    "sighup-probe-gateway", endpoints, preset=settings.preset,
-                    config_path=config_path, log_dir=log_dir,
-                )  # fmt: skip
+                    "sighup-probe-gateway", endpoints, config_path=config_path, log_dir=log_dir
+                )
                 sighup |= await sighup_probe(session, probe)
                 progress(f"SIGHUP probe: {sighup['detail']}")
             report["sighup"] = sighup
@@ -150,10 +153,7 @@ async def run_soak(
                 report["calibration"] = await calibrate(
                     settings, session, pods[0], config_path, log_dir, progress
                 )
-            gateway = GatewayProcess(
-                "gateway", endpoints, preset=settings.preset, config_path=config_path,
-                log_dir=log_dir,
-            )  # fmt: skip
+            gateway = GatewayProcess("gateway", endpoints, config_path=config_path, log_dir=log_dir)
             report["gateway_command"] = " ".join(gateway.command[1:])
             await gateway.start_ready(session)
             try:
@@ -165,6 +165,14 @@ async def run_soak(
         finally:
             await asyncio.gather(*(p.stop() for p in pods))
     return report
+
+
+def alternate_preset(settings: SoakSettings, config_path: Path, k: int) -> str:
+    """Each reload changes something live: the preset, in turn the other one and back."""
+    other = RELOAD_PRESET if settings.preset != RELOAD_PRESET else "load-prefix"
+    preset = other if k % 2 == 0 else settings.preset
+    config_path.write_text(gateway_config_yaml(settings.read_idle_timeout_s, preset))
+    return f"(preset {preset})"
 
 
 async def _soak(
@@ -218,6 +226,7 @@ async def _soak(
         window_at=window_at,
         reloads=bool(sighup.get("supported", True)),
         on_gateway_exit=gateway_gone,
+        before_reload=functools.partial(alternate_preset, settings, log_dir / "gateway.yaml"),
     )
     assert gateway.proc is not None
     watcher = asyncio.create_task(gateway.proc.wait())
@@ -304,6 +313,9 @@ async def _soak(
                 window, "slogate_endpoint_ejections_total", "endpoint"
             ),
             "answers_by_code": counters_by(window, "slogate_http_requests_total", "code"),
+            "config_reloads_by_result": counters_by(
+                window, "slogate_config_reloads_total", "result"
+            ),
             "background_task_errors_by_task": counters_by(
                 window, "slogate_background_task_errors_total", "task"
             ),

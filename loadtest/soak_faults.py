@@ -6,8 +6,9 @@
 - **stall**: from ``stall_at_s``, every ``stall_every_s``, another pod (two places after the
   last one killed, so never the pod that is down) is slowed to ``stall_speed`` with
   ``POST /sim/speed`` for ``stall_s``, then set back to speed 1: its streams go silent;
-- **reload**: every ``reload_every_s``, SIGHUP to the gateway; then, after
-  ``RELOAD_CHECK_S``, whether it still runs and answers ``/health``.
+- **reload**: every ``reload_every_s``, ``before_reload`` (the benchmark rewrites the config
+  file, alternating the preset) and SIGHUP to the gateway; then, after ``RELOAD_CHECK_S``,
+  whether it still runs and answers ``/health``.
 
 Times are seconds after the fault window's start (the end of the warm-up). Nothing is planned
 to still be in effect at the window's end: a kill whose restart would come after it, or a
@@ -122,9 +123,12 @@ class FaultRunner:
     reloads: bool = True
     """False: reloads are planned but not sent (SIGHUP is known to end the gateway)."""
     on_gateway_exit: Callable[[str], None] = lambda detail: None
+    before_reload: Callable[[int], str] = lambda k: ""
+    """Called with the reload's number (0, 1, ...) before its SIGHUP; returns what it changed."""
     events: list[Event] = field(default_factory=list)
     restart_s: list[float] = field(default_factory=list)
     """How long each restarted pod took from its start until it served."""
+    reloads_sent: int = 0
     reloads_survived: int = 0
     failures: list[str] = field(default_factory=list)
     """Faults that could not be carried out (a pod that did not come back, ...)."""
@@ -193,8 +197,10 @@ class FaultRunner:
         """SIGHUP and check; False when the gateway is gone (the run cannot go on)."""
         if not self.reloads:
             return True
+        changed = self.before_reload(self.reloads_sent)
+        self.reloads_sent += 1
         self.gateway.send_signal(signal.SIGHUP)
-        self.log(RELOAD, self.gateway.name, "SIGHUP")
+        self.log(RELOAD, self.gateway.name, f"SIGHUP {changed}".strip())
         await asyncio.sleep(RELOAD_CHECK_S)
         if not self.gateway.running:
             detail = describe_exit(self.gateway.returncode)

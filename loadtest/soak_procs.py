@@ -174,21 +174,24 @@ class _SimReady(_Check):
             return False
 
 
-def gateway_config_yaml(read_idle_timeout_s: float) -> str:
-    """The config file the soak's gateways run with: defaults but the read-idle timeout."""
-    return f"upstream:\n  read_idle_timeout_s: {read_idle_timeout_s!r}\n"
+def gateway_config_yaml(read_idle_timeout_s: float, preset: str) -> str:
+    """The config file the soak's gateways run with: defaults but the read-idle timeout and
+    the preset (in the file, not a flag, so that a reload can change it)."""
+    return (
+        f"upstream:\n  read_idle_timeout_s: {read_idle_timeout_s!r}\n"
+        f"scheduling:\n  preset: {preset}\n"
+    )
 
 
 class GatewayProcess(Managed):
-    """``python -m gateway.cli serve --config FILE --endpoint NAME=URL... --preset P`` on a
-    free port."""
+    """``python -m gateway.cli serve --config FILE --endpoint NAME=URL...`` on a free port (the
+    config file names the preset)."""
 
     def __init__(
         self,
         name: str,
         endpoints: Mapping[str, str],
         *,
-        preset: str,
         config_path: Path,
         log_dir: Path,
     ) -> None:
@@ -197,8 +200,7 @@ class GatewayProcess(Managed):
         self.endpoints = dict(endpoints)
         command = [
             sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path),
-            "--host", "127.0.0.1", "--port", str(self.port), "--preset", preset,
-            "--log-level", "warning",
+            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
             *(f for n, u in endpoints.items() for f in ("--endpoint", f"{n}={u}")),
         ]  # fmt: skip
         super().__init__(name, command, log_dir / f"{name}.log")

@@ -23,6 +23,7 @@ COUNTERS = (
     "slogate_http_requests_total",
     "inference_objective_request_error_total",
     "slogate_background_task_errors_total",
+    "slogate_config_reloads_total",
 )
 RSS_GROWTH_LIMIT = 0.10
 """RSS counts as flat when it ends at most 10 % above its start (after the warm-up)."""

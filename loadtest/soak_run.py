@@ -160,9 +160,8 @@ async def calibrate(
     whose only endpoint is ``pod``, alternated round by round (in turn first), after
     ``calibration_warmup_rounds`` that are not counted."""
     gateway = GatewayProcess(
-        "calibration-gateway", {pod.name: pod.url}, preset=settings.preset,
-        config_path=config_path, log_dir=log_dir,
-    )  # fmt: skip
+        "calibration-gateway", {pod.name: pod.url}, config_path=config_path, log_dir=log_dir
+    )
     await gateway.start_ready(session)
     completed: dict[str, list[list[float]]] = {"direct": [], "gateway": []}
     per_round: list[dict[str, Any]] = []
