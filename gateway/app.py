@@ -25,6 +25,7 @@ from gateway.auth import AccessPolicy
 from gateway.backends.control_session import ControlSessionConfig
 from gateway.backends.discovery import run_discovery
 from gateway.backends.health_check import HealthChecker
+from gateway.backends.kubernetes import TASK as KUBERNETES_TASK, PodWatcher
 from gateway.backends.membership import PoolMembership, endpoint_of
 from gateway.backends.outliers import OutlierDetector
 from gateway.backends.pool_state import ScrapeStatus
@@ -108,6 +109,9 @@ class Gateway:
         self._control_session_factory = deps.control_session_factory
         self._session: aiohttp.ClientSession | None = None
         self._trainer_task: asyncio.Task[None] | None = None
+        self._kube_api = deps.kube_api
+        self.pod_watcher: PodWatcher | None = None
+        """With ``pool.kubernetes``: the pods' watch, which sets the pool (while the app runs)."""
         self._control_session: aiohttp.ClientSession | None = None
         self.response_pods = ResponsePods(cfg.server.max_response_ids)
         """The endpoint of each recent Responses API response (``previous_response_id``)."""
@@ -245,6 +249,16 @@ class Gateway:
         if self.predictor.enabled:
             await self.trainer.restore()
             self._trainer_task = asyncio.create_task(self.trainer.run(), name="trainer")
+        if self.cfg.pool.kubernetes is not None:
+            self.pod_watcher = PodWatcher(
+                self.cfg.pool.kubernetes,
+                on_change=self.membership.apply,
+                clock=self.clock,
+                rng=self.rng,
+                on_error=self.metrics.background_task_errors.labels(KUBERNETES_TASK).inc,
+                api=self._kube_api,
+            )
+            tasks.append(asyncio.create_task(self.pod_watcher.run(), name="kubernetes"))
         if not self.cfg.pool.models:
             tasks.append(
                 asyncio.create_task(

@@ -14,6 +14,7 @@ import aiohttp
 
 from config import UpstreamConfig
 from gateway.backends.control_session import ControlSessionConfig, make_control_session
+from gateway.backends.kube_access import KubeApi
 from gateway.proxy import make_session
 from gateway.tokenizer import Tokenizer
 from gateway.training_worker import TrainingWorker
@@ -39,3 +40,6 @@ class Dependencies:
     """Extra consumers of finished-request records (e.g. a test recorder)."""
     training_worker: TrainingWorker | None = None
     """``None``: a worker process running ``train_generation``."""
+    kube_api: KubeApi | None = None
+    """With ``pool.kubernetes``: the API server to watch; ``None``: the pod's service account,
+    else a kubeconfig (:func:`gateway.backends.kube_access.load_api`)."""

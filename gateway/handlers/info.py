@@ -27,6 +27,8 @@ async def ready(request: web.Request) -> web.Response:
     now = gw.clock()
     usable = gw.store.usable(now)
     detail = describe_pool(gw.store, gw.scrape_status, now)
+    if gw.pod_watcher is not None and not gw.pod_watcher.synced:
+        return _json({"status": "pods not listed yet", "detail": detail}, status=503)
     if not usable:
         return _json({"status": "no usable endpoint", "detail": detail}, status=503)
     return _json({"status": "ready", "endpoints": [e.name for e in usable], "detail": detail})

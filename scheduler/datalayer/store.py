@@ -168,8 +168,8 @@ class EndpointStore:
     def serves(self, name: str, model: str) -> bool:
         if self.static_models:
             return model in self.static_models
-        models = self._states[name].models
-        return models is not None and model in models
+        state = self._states.get(name)
+        return state is not None and state.models is not None and model in state.models
 
     def models_known(self, name: str) -> bool:
         """Whether the endpoint's models are known (declared in config, or discovered)."""
