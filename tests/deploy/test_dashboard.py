@@ -115,8 +115,10 @@ async def exposition(aiohttp_client: AiohttpClient, tmp_path: Path) -> AsyncIter
         assert cfg.scheduling.preset == "predicted-latency-slo"
         cfg = dataclasses.replace(
             cfg,
-            pool=dataclasses.replace(
-                cfg.pool, endpoints=(EndpointConfig(url=sim.url, name="slogate-sim-0"),)
+            pool=dataclasses.replace(  # the pod the overlay would discover, as a static one
+                cfg.pool,
+                kubernetes=None,
+                endpoints=(EndpointConfig(url=sim.url, name="slogate-sim-0"),),
             ),
             predictor=dataclasses.replace(cfg.predictor, state_dir=str(tmp_path)),
         )

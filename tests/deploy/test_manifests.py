@@ -196,13 +196,13 @@ def test_pods_run_unprivileged(objects: list[Obj]) -> None:
 
 
 def test_the_configmap_is_a_valid_gateway_config(objects: list[Obj]) -> None:
-    """The gateway's own validator: unknown keys and bad values are errors (so no key of a
-    section the gateway does not have yet, like pool.kubernetes, slipped in)."""
+    """The gateway's own validator: unknown keys and bad values are errors. The pool is
+    discovered from the Kubernetes API, never a list of addresses that goes stale."""
     cfg = gateway_config(objects)
-    assert cfg.pool.endpoints, "slogate serve refuses a pool without endpoints"
+    assert cfg.pool.kubernetes is not None
+    assert cfg.pool.kubernetes.selector
+    assert not cfg.pool.endpoints
     assert cfg.scheduling.preset is not None
-    text = gateway_config_text(objects)
-    assert "kubernetes:" not in [line.strip() for line in text.splitlines()]
 
 
 def test_the_overlays_run_the_guides_presets() -> None:
@@ -220,8 +220,8 @@ def test_the_base_config_is_valid_too() -> None:
 
 def test_the_config_validator_would_catch_a_bad_key() -> None:
     text = gateway_config_text(overlay("sim-fleet"))
-    with pytest.raises(ConfigError, match=r"pool\.kubernetes"):
-        from_yaml(text.replace("pool:\n", "pool:\n  kubernetes: {}\n", 1))
+    with pytest.raises(ConfigError, match=r"pool\.discovery"):
+        from_yaml(text.replace("pool:\n", "pool:\n  discovery: {}\n", 1))
 
 
 def test_the_predictor_state_is_on_the_state_volume(objects: list[Obj]) -> None:
@@ -280,16 +280,20 @@ def test_rbac_allows_reading_pods_only(objects: list[Obj]) -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account}]
 
 
-def test_the_sim_fleet_pool_lists_every_simulated_pod() -> None:
+def test_the_sim_fleet_pool_discovers_every_simulated_pod() -> None:
     objects = overlay("sim-fleet")
     fleet = one(objects, "StatefulSet", "slogate-sim")
     service = one(objects, "Service", fleet["spec"]["serviceName"])
     assert service["spec"]["clusterIP"] == "None"  # headless: one DNS name per pod
     assert selects(service["spec"]["selector"], pod_labels(fleet))
-    port = port_number(container(fleet, "sim"), "http")
-    name, headless = fleet["metadata"]["name"], service["metadata"]["name"]
-    expected = [f"http://{name}-{i}.{headless}:{port}" for i in range(fleet["spec"]["replicas"])]
-    assert [e.url for e in gateway_config(objects).pool.endpoints] == expected
+    kube = gateway_config(objects).pool.kubernetes
+    assert kube is not None
+    assert selects(kube.selector, pod_labels(fleet))
+    assert kube.port == port_number(container(fleet, "sim"), "http")
+    # Nothing else the overlay deploys is taken for a model server.
+    others = [w for w in workloads(objects) if w is not fleet]
+    assert others
+    assert not any(selects(kube.selector, pod_labels(w)) for w in others)
     # The simulators serve the guide's model name, so its requests work unchanged.
     args = build_parser().parse_args(container(fleet, "sim")["args"])
     assert args.model == "Qwen/Qwen3-32B"
