@@ -114,6 +114,10 @@ class UpstreamConfig:
     so that the retries of a failing endpoint's requests cannot double the others' load."""
     retry_budget_min_concurrency: int = _bounded(3, ge=0)
     """Retries in flight always allowed, whatever the share (Envoy's min_retry_concurrency)."""
+    silent_after_s: float = _bounded(2.0, ge=0)
+    """A pod that has sent no chunk on any of its streams for this long (streams in flight,
+    none heard from) has stalled: new requests go to other pods while it stays silent, and it
+    gets them again at its next chunk or once its streams have ended. 0: never."""
     consecutive_failures: int = _bounded(5, ge=0)
     """Outlier detection: an endpoint failing this many attempts in a row (connection refused or
     reset, a 5xx other than 503, a timeout, a broken stream) is ejected from routing; 0: never.

@@ -74,6 +74,7 @@ class Gateway:
             (endpoint_of(e) for e in cfg.pool.endpoints),
             staleness_s=cfg.pool.staleness_ms / 1000,
             static_models=cfg.pool.models,
+            silent_after_s=cfg.upstream.silent_after_s,
         )
         self.metrics = GatewayMetrics(self.store, deps.clock)
         self.scrape_status = {e.name: ScrapeStatus() for e in self.store.endpoints}

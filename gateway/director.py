@@ -411,7 +411,14 @@ class Director:
         target = result.target
         match = target.attributes.get(PREFIX_MATCH)
         uncached = match.uncached_tokens(ireq.prompt_len) if match else ireq.prompt_len
-        self._store.inflight.dispatched(ireq.request_id, target.name, uncached, ireq.sequences)
+        self._store.inflight.dispatched(
+            ireq.request_id,
+            target.name,
+            uncached,
+            ireq.sequences,
+            stream=ireq.stream,
+            now=self._clock(),
+        )
         policy.scheduler.pre_request(ireq, result)
         return _Attempt(
             candidate=target,

@@ -430,6 +430,12 @@ class PoolCollector(Collector):
             "1 while outlier detection keeps the endpoint out of routing, else 0.",
             labels=("endpoint",),
         )
+        silent = GaugeMetricFamily(
+            "slogate_endpoint_silent_seconds",
+            "How long the endpoint has sent no chunk while streams are in flight on it (0 when "
+            "none is); past upstream.silent_after_s it is passed over as stalled.",
+            labels=("endpoint",),
+        )
         known = GaugeMetricFamily(
             "slogate_endpoint_metrics_known",
             "1 when the endpoint's load metrics are fresh and usable, else 0 (never scraped, "
@@ -448,6 +454,7 @@ class PoolCollector(Collector):
             up.add_metric((endpoint.name,), {Health.UP: 1, Health.UNKNOWN: 0}.get(health, -1))
             known.add_metric((endpoint.name,), 1 if health is Health.UP else 0)
             ejected.add_metric((endpoint.name,), 1 if store.ejected(endpoint.name, now) else 0)
+            silent.add_metric((endpoint.name,), store.inflight.silent_s(endpoint.name, now))
             if health is Health.DOWN:
                 continue
             ready += 1
@@ -461,6 +468,7 @@ class PoolCollector(Collector):
         yield up
         yield known
         yield ejected
+        yield silent
         yield GaugeMetricFamily(
             "inference_pool_ready_pods", "Endpoints not marked down.", value=ready
         )

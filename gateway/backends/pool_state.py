@@ -4,7 +4,8 @@ The state comes from the endpoint store (what routing uses): ``up`` has fresh me
 ``metrics_unknown`` is reachable but routed without load information (never scraped yet, an
 error status, an undecodable or unparsable answer, stale metrics), ``down`` could not be
 reached. The scraper adds why, in :class:`ScrapeStatus`; ``/ready`` and the logs show both.
-An endpoint outlier detection keeps out of routing also shows ``"ejected": true``.
+An endpoint outlier detection keeps out of routing also shows ``"ejected": true``, one silent
+with streams in flight (``upstream.silent_after_s``) ``"stalled": true``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def describe_pool(
     store: EndpointStore, statuses: Mapping[str, ScrapeStatus], now: float
 ) -> dict[str, dict[str, str | bool]]:
     """``{endpoint: {"state": ..., "error": ...}}``, the error only when not ``up``,
-    ``"ejected": true`` while ejected."""
+    ``"ejected": true`` while ejected, ``"stalled": true`` while silent."""
     detail: dict[str, dict[str, str | bool]] = {}
     for endpoint in store.endpoints:
         state = endpoint_state(store, endpoint.name, now)
@@ -48,5 +49,7 @@ def describe_pool(
             entry["error"] = status.error
         if store.ejected(endpoint.name, now):
             entry["ejected"] = True
+        if store.stalled(endpoint.name, now):
+            entry["stalled"] = True
         detail[endpoint.name] = entry
     return detail

@@ -20,6 +20,12 @@ A model server sends every running stream one chunk per engine step, so:
 Step timing is reported only while at least one stream from the endpoint has produced a chunk
 and not finished: otherwise the endpoint is idle or all its requests are in prefill, and the
 last chunk says nothing about the step in progress.
+
+The same chunks tell a **silent** endpoint (:meth:`InflightTracker.silent_s`): streamed requests
+in flight on it, and no chunk from any of them for a while (counted from the latest chunk, or
+from when its first stream in flight was dispatched). A model server relays every running
+stream a chunk per engine step, so seconds of silence while it holds streams mean it stalled
+(a hung GPU, a throttled or frozen process) long before a read-idle timeout ends those streams.
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ class _Steps:
     """When the first chunk of the latest timed step arrived."""
     interval_s: float = -1.0
     """Negative until a step has been timed."""
+    streamed: int = 0
+    """Streamed requests in flight (with or without a chunk yet)."""
+    heard_at: float = 0.0
+    """The latest chunk, or the dispatch that made ``streamed`` non-zero."""
 
 
 @dataclass(slots=True)
@@ -53,6 +63,7 @@ class _Entry:
     prefill_tokens: int
     steps: _Steps
     sequences: int
+    stream: bool = False
     last_chunk_at: float | None = None
     """This stream's latest chunk."""
 
@@ -91,9 +102,17 @@ class InflightTracker:
         return StepTiming(steps.last_chunk_at, steps.interval_s)
 
     def dispatched(
-        self, request_id: str, endpoint: str, prefill_tokens: int, sequences: int = 1
+        self,
+        request_id: str,
+        endpoint: str,
+        prefill_tokens: int,
+        sequences: int = 1,
+        *,
+        stream: bool = False,
+        now: float = 0.0,
     ) -> None:
-        """``sequences``: how many the request counts as (``InferenceRequest.sequences``)."""
+        """``sequences``: how many the request counts as (``InferenceRequest.sequences``);
+        ``stream``: its response is streamed (its chunks are heard), dispatched at ``now``."""
         if request_id in self._by_request:
             raise ValueError(f"request {request_id!r} is already in flight")
         if sequences < 1:
@@ -103,7 +122,11 @@ class InflightTracker:
         steps = self._steps.get(endpoint)
         if steps is None:
             steps = self._steps[endpoint] = _Steps()
-        self._by_request[request_id] = _Entry(endpoint, prefill_tokens, steps, sequences)
+        self._by_request[request_id] = _Entry(endpoint, prefill_tokens, steps, sequences, stream)
+        if stream:
+            if not steps.streamed:
+                steps.heard_at = now
+            steps.streamed += 1
         cur = self.load(endpoint)
         self._loads[endpoint] = InflightLoad(
             cur.requests + sequences, cur.prefill_tokens + prefill_tokens
@@ -117,6 +140,7 @@ class InflightTracker:
         steps = entry.steps
         previous = entry.last_chunk_at
         entry.last_chunk_at = now
+        steps.heard_at = now
         if previous is None:
             steps.streams += 1
         elif previous >= steps.step_at:  # the stream's chunk of a step after the latest one
@@ -142,6 +166,8 @@ class InflightTracker:
             return
         if entry.last_chunk_at is not None:
             entry.steps.streams -= 1
+        if entry.stream:
+            entry.steps.streamed -= 1
         cur = self.load(entry.endpoint)
         self._loads[entry.endpoint] = InflightLoad(
             cur.requests - entry.sequences, cur.prefill_tokens - entry.prefill_tokens
@@ -149,6 +175,14 @@ class InflightTracker:
         if cur.requests == entry.sequences and self._leaving and entry.endpoint in self._leaving:
             self._leaving.discard(entry.endpoint)
             self.forget(entry.endpoint)
+
+    def silent_s(self, endpoint: str, now: float) -> float:
+        """How long the endpoint has sent no chunk while streamed requests are in flight on it
+        (0 when none is)."""
+        steps = self._steps.get(endpoint)
+        if steps is None or not steps.streamed:
+            return 0.0
+        return max(0.0, now - steps.heard_at)
 
     def __len__(self) -> int:
         return len(self._by_request)

@@ -60,7 +60,15 @@ class _State:
 
 
 class EndpointStore:
-    __slots__ = ("_adapters", "_order", "_states", "inflight", "staleness_s", "static_models")
+    __slots__ = (
+        "_adapters",
+        "_order",
+        "_states",
+        "inflight",
+        "silent_after_s",
+        "staleness_s",
+        "static_models",
+    )
 
     def __init__(
         self,
@@ -68,6 +76,7 @@ class EndpointStore:
         *,
         staleness_s: float,
         static_models: Iterable[str] = (),
+        silent_after_s: float = 0.0,
     ) -> None:
         self._states: dict[str, _State] = {}
         self._order: list[str] = []
@@ -79,6 +88,9 @@ class EndpointStore:
         self.static_models = frozenset(static_models)
         """When set, every endpoint is assumed to serve these models (no discovery)."""
         self.inflight = InflightTracker()
+        self.silent_after_s = silent_after_s
+        """An endpoint silent this long with streams in flight is passed over like an ejected
+        one (:meth:`stalled`); 0: never."""
 
     # -- membership -------------------------------------------------------------------------
     def add(self, endpoint: Endpoint) -> None:
@@ -209,6 +221,11 @@ class EndpointStore:
             and (self.static_models or self._states[n].models is not None)
         ]
 
+    def stalled(self, name: str, now: float) -> bool:
+        """No chunk from the endpoint for ``silent_after_s`` while it holds streams."""
+        after = self.silent_after_s
+        return after > 0 and self.inflight.silent_s(name, now) >= after
+
     def candidate(self, name: str, now: float) -> Candidate | None:
         """The named endpoint as a candidate, whatever it serves; ``None`` when it is not in
         the pool or is down. For a request that must go to one endpoint (the one holding its
@@ -225,8 +242,8 @@ class EndpointStore:
         )
 
     def candidates(self, model: str, now: float) -> Sequence[Candidate]:
-        """Up endpoints serving the model, else unknown ones; ejected ones only when that
-        leaves none (up before unknown again)."""
+        """Up endpoints serving the model, else unknown ones; ejected or stalled ones only when
+        that leaves none (up before unknown again)."""
         fresh: list[Candidate] = []
         unknown: list[Candidate] = []
         ejected_fresh: list[Candidate] = []
@@ -237,7 +254,9 @@ class EndpointStore:
             if not self.serves(name, model):
                 continue
             health = self.health(name, now)
-            ejected = state.ejected_until is not None and now < state.ejected_until
+            ejected = (
+                state.ejected_until is not None and now < state.ejected_until
+            ) or self.stalled(name, now)
             if health is Health.UP:
                 into, metrics = ejected_fresh if ejected else fresh, state.metrics
             elif health is Health.UNKNOWN:

@@ -164,3 +164,51 @@ def test_the_store_forgets_removed_endpoints() -> None:
     store.inflight.finished("r1")
     store.remove("a")
     assert "a" not in store.inflight._loads
+
+
+# -- silence: streams in flight, no chunk ------------------------------------------------------
+def test_silence_counts_from_the_first_stream_dispatched_then_from_each_chunk() -> None:
+    t = InflightTracker()
+    assert t.silent_s("a", 5.0) == 0.0
+    t.dispatched("r1", "a", prefill_tokens=10, stream=True, now=1.0)
+    t.dispatched("r2", "a", prefill_tokens=10, stream=True, now=2.0)  # not a sign of life
+    assert t.silent_s("a", 4.0) == 3.0
+    t.chunk("r1", 4.5)
+    assert t.silent_s("a", 5.0) == 0.5
+    t.finished("r1")
+    assert t.silent_s("a", 6.0) == 1.5  # r2 still silent
+    t.finished("r2")
+    assert t.silent_s("a", 9.0) == 0.0  # nothing in flight: nothing to hear from
+
+
+def test_unstreamed_requests_are_never_silence() -> None:
+    t = InflightTracker()
+    t.dispatched("r1", "a", prefill_tokens=10, now=1.0)  # its answer comes whole, at the end
+    assert t.silent_s("a", 100.0) == 0.0
+
+
+def test_a_silent_endpoint_is_passed_over_while_others_serve() -> None:
+    store = EndpointStore(
+        [make_endpoint("a"), make_endpoint("b")],
+        staleness_s=2.0,
+        static_models=("m",),
+        silent_after_s=2.0,
+    )
+    for name in ("a", "b"):
+        store.set_metrics(name, make_metrics())
+    store.inflight.dispatched("r1", "a", prefill_tokens=10, stream=True, now=0.0)
+    store.inflight.dispatched("r2", "b", prefill_tokens=10, stream=True, now=0.0)
+    store.inflight.chunk("r2", 1.5)
+
+    assert [c.name for c in store.candidates("m", 1.9)] == ["a", "b"]
+    assert [c.name for c in store.candidates("m", 2.0)] == ["b"]  # a: 2 s without a chunk
+    assert store.stalled("a", 2.0)
+    store.inflight.chunk("r2", 3.0)
+    assert [c.name for c in store.candidates("m", 3.6)] == ["b"]
+    store.inflight.chunk("r1", 3.7)  # a speaks again
+    assert [c.name for c in store.candidates("m", 3.8)] == ["a", "b"]
+    # Alone in its pool, a silent endpoint is still a candidate.
+    store.inflight.chunk("r2", 10.0)
+    assert [c.name for c in store.candidates("m", 6.0)] == ["b"]
+    store.remove("b")
+    assert [c.name for c in store.candidates("m", 6.0)] == ["a"]
