@@ -272,6 +272,11 @@ class Director:
         now = self._clock()
         if pinned is not None:
             response_id, endpoint = pinned
+            if not self._store.serves(endpoint, ireq.model) and ireq.model not in (
+                self._store.models()
+            ):
+                # A model no pod serves is a 404 here too (and no label of a made-up name).
+                raise _model_not_found(ireq.model)
             only = self._store.candidate(endpoint, now)
             if only is None:
                 raise pod_gone(response_id, endpoint, param="previous_response_id")
@@ -281,11 +286,7 @@ class Director:
         if not candidates:
             known = self._store.models()
             if known and ireq.model not in known:
-                raise NotFoundError(
-                    f"The model `{ireq.model}` does not exist.",
-                    code="model_not_found",
-                    param="model",
-                )
+                raise _model_not_found(ireq.model)
             raise NoEndpointError(f"no usable endpoint serves model {ireq.model!r}")
         try:
             result = scheduler.schedule(ireq, candidates)
@@ -628,3 +629,9 @@ async def _end_with_error(
         await response.write_eof()
     except ConnectionResetError:
         pass
+
+
+def _model_not_found(model: str) -> NotFoundError:
+    return NotFoundError(
+        f"The model `{model}` does not exist.", code="model_not_found", param="model"
+    )

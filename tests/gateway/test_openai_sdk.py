@@ -277,6 +277,14 @@ async def test_a_previous_response_id_chain_sticks_to_the_pod_that_stores_it(
             stored = await client.responses.retrieve(previous)
             with pytest.raises(openai.NotFoundError) as unknown:
                 await client.responses.retrieve("resp_never_seen")
+            # A made-up model continuing a known response: the gateway's 404, and no metric
+            # series named after it (label sets stay bounded).
+            with pytest.raises(openai.NotFoundError) as made_up:
+                await client.responses.create(
+                    model="made-up-model", input="x", previous_response_id=previous
+                )
+        assert made_up.value.code == "model_not_found"
+        assert "made-up-model" not in await metrics_text(gw)
         assert len(pods) == 1
         assert input_tokens == sorted(input_tokens)  # each turn carries the conversation
         assert input_tokens[0] < input_tokens[-1]
