@@ -26,6 +26,8 @@ from scheduler.framework.types import (
 from scheduler.plugins import builtin_registry
 from scheduler.plugins.pickers.max_score import MaxScorePicker
 from scheduler.plugins.pickers.round_robin import RoundRobinPicker
+from scheduler.plugins.producers.approx_prefix import ApproxPrefixCacheProducer
+from scheduler.predictor.runtime import shared_predictor
 from scheduler.profile import NullTimer, SchedulerProfile
 from scheduler.scheduler import Scheduler
 from tests.support.builders import (
@@ -377,3 +379,23 @@ def test_scored_candidates_reach_the_picker_with_weighted_totals() -> None:
     )
     prof.run(CycleState(), make_request(), pool(2))
     assert seen == [[("e0", 2.0), ("e1", 4.0)]]
+
+
+def test_forgetting_an_endpoint_reaches_every_plugin_that_keeps_state_per_endpoint() -> None:
+    """The predicted-latency preset's prefix index and predictor corrections drop a pod that
+    left the pool."""
+    handle = make_handle()
+    cfg = from_mapping({"scheduling": {"preset": "predicted-latency"}}).scheduling
+    scheduler = build_scheduler(cfg, registry=registry(), handle=handle, timer=NullTimer())
+    predictor = shared_predictor(handle.services, handle.clock, handle.rng)
+    prefix = next(p for p in scheduler._lifecycles if isinstance(p, ApproxPrefixCacheProducer))
+    prefix.index.add("gone", [b"1", b"2", b"3"], capacity=10)
+    prefix.index.add("kept", [b"1", b"2"], capacity=10)
+    predictor.units.observe("gone", -6.0)
+    predictor.drift["ttft"].observe("gone", 0.5)
+
+    scheduler.forget_endpoint("gone")
+
+    assert prefix.index.match([b"1", b"2", b"3"]) == {"kept": 2}
+    assert predictor.units.get("gone") is None
+    assert predictor.drift["ttft"].get("gone") is None
