@@ -24,6 +24,7 @@ from config.errors import ConfigError
 from config.model import (
     DEFAULT_PRESET,
     GatewayConfig,
+    KubernetesDiscoveryConfig,
     PoolConfig,
     SchedulingConfig,
     ServerConfig,
@@ -90,14 +91,23 @@ def check_pool(cfg: PoolConfig, path: str) -> None:
                 f"{path}.endpoints[{i}]", name, "a second endpoint of that name (give each a name)"
             )
         names.add(name)
+    if cfg.peers.kubernetes is not None:
+        _check_kubernetes(cfg.peers.kubernetes, f"{path}.peers.kubernetes")
+    for i, url in enumerate(cfg.peers.urls):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"{path}.peers.urls[{i}]", url, "must be an http(s)://host:port URL")
     kube = cfg.kubernetes
     if kube is None:
         return
-    where = f"{path}.kubernetes"
     if cfg.endpoints:
         raise ConfigError(
             f"{path}.endpoints", len(cfg.endpoints), "must be empty when pool.kubernetes is set"
         )
+    _check_kubernetes(kube, f"{path}.kubernetes")
+
+
+def _check_kubernetes(kube: KubernetesDiscoveryConfig, where: str) -> None:
     if not kube.selector:
         raise ConfigError(f"{where}.selector", {}, "must name at least one label")
     for key, value in kube.selector.items():

@@ -183,11 +183,28 @@ class KubernetesDiscoveryConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PeersConfig:
+    """Other replicas of this gateway in front of the same pool: each polls the others'
+    in-flight counts per pod, so that every replica routes on what the pods hold from all of
+    them (a plain sum of the latest reports, no coordination)."""
+
+    urls: tuple[str, ...] = ()
+    """The other replicas' base URLs (``http://host:port``)."""
+    kubernetes: KubernetesDiscoveryConfig | None = None
+    """Or find them as pods (the gateway's own Deployment): ready pods with these labels, on
+    this port, except the gateway's own pod (``POD_NAME``, else the host name)."""
+    interval_ms: int = _bounded(100, ge=10)
+    """How often each peer is asked; its report counts for three intervals, then is dropped."""
+    timeout_ms: int = _bounded(500, gt=0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PoolConfig:
     endpoints: tuple[EndpointConfig, ...] = ()
     """Static endpoints. Mutually exclusive with ``kubernetes``."""
     kubernetes: KubernetesDiscoveryConfig | None = None
     """Discover the endpoints from the Kubernetes API instead of listing them."""
+    peers: PeersConfig = field(default_factory=PeersConfig)
     models: tuple[str, ...] = ()
     """Model names the pool serves. Empty: learned from each endpoint's ``/v1/models``."""
     metrics_path: str = "/metrics"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any
@@ -21,13 +22,14 @@ import aiohttp
 from aiohttp import web
 
 from config import GatewayConfig, SchedulingConfig
-from gateway.auth import AccessPolicy
+from gateway.auth import AccessPolicy, metrics_secret
 from gateway.backends.control_session import ControlSessionConfig
 from gateway.backends.discovery import run_discovery
 from gateway.backends.health_check import HealthChecker
 from gateway.backends.kubernetes import TASK as KUBERNETES_TASK, PodWatcher
 from gateway.backends.membership import PoolMembership, endpoint_of
 from gateway.backends.outliers import OutlierDetector
+from gateway.backends.peers import TASK as PEERS_TASK, PeerLoads, peer_urls
 from gateway.backends.pool_state import ScrapeStatus
 from gateway.backends.scraper import EndpointScraper
 from gateway.deps import Dependencies
@@ -111,6 +113,9 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._trainer_task: asyncio.Task[None] | None = None
         self._kube_api = deps.kube_api
+        self._environ = os.environ if environ is None else environ
+        self.peer_loads: PeerLoads | None = None
+        """With ``pool.peers``: the other replicas' in-flight loads (while the app runs)."""
         self.pod_watcher: PodWatcher | None = None
         """With ``pool.kubernetes``: the pods' watch, which sets the pool (while the app runs)."""
         self._control_session: aiohttp.ClientSession | None = None
@@ -169,6 +174,32 @@ class Gateway:
         return build_scheduler(
             scheduling, registry=self._registry, handle=handle, timer=self.metrics
         )
+
+    def _peer_tasks(self) -> list[asyncio.Task[None]]:
+        """Polling the other replicas' in-flight loads, and finding them (Kubernetes)."""
+        cfg = self.cfg.pool.peers
+        token = metrics_secret(self.cfg.server)
+        loads = self.peer_loads = PeerLoads(
+            cfg,
+            self.store.inflight,
+            session=self.control_session,
+            clock=self.clock,
+            headers={"Authorization": f"Bearer {token}"} if token else None,
+            on_error=self.metrics.background_task_errors.labels(PEERS_TASK).inc,
+        )
+        tasks = [asyncio.create_task(loads.run(), name="peers")]
+        if cfg.kubernetes is not None:
+            own = self._environ.get("POD_NAME") or socket.gethostname()
+            watcher = PodWatcher(
+                cfg.kubernetes,
+                on_change=lambda pods: loads.set_discovered(peer_urls(pods, own)),
+                clock=self.clock,
+                rng=self.rng,
+                on_error=self.metrics.background_task_errors.labels(PEERS_TASK).inc,
+                api=self._kube_api,
+            )
+            tasks.append(asyncio.create_task(watcher.run(), name="peers-kubernetes"))
+        return tasks
 
     def start_trainer(self) -> None:
         """Train the predictor in the background, unless it is not used or already trained."""
@@ -260,6 +291,9 @@ class Gateway:
                 api=self._kube_api,
             )
             tasks.append(asyncio.create_task(self.pod_watcher.run(), name="kubernetes"))
+        peers = self.cfg.pool.peers
+        if peers.urls or peers.kubernetes is not None:
+            tasks += self._peer_tasks()
         if not self.cfg.pool.models:
             tasks.append(
                 asyncio.create_task(

@@ -81,13 +81,18 @@ def api_keys(cfg: ServerConfig, environ: Mapping[str, str]) -> BearerTokens:
 
 def metrics_token(cfg: ServerConfig) -> BearerTokens:
     """The ``/metrics`` token, from ``metrics_token`` or ``metrics_token_file``."""
-    token = single_secret(
+    token = metrics_secret(cfg)
+    return BearerTokens([token] if token else [])
+
+
+def metrics_secret(cfg: ServerConfig) -> str:
+    """The ``/metrics`` token itself ("" for none): replicas present it to each other."""
+    return single_secret(
         cfg.metrics_token,
         cfg.metrics_token_file,
         "server.metrics_token",
         "server.metrics_token_file",
     )
-    return BearerTokens([token] if token else [])
 
 
 def single_secret(value: str, file: str, value_path: str, file_path: str) -> str:
@@ -116,6 +121,8 @@ def secret_lines(path: str, where: str) -> list[str]:
 OPEN_PATHS = frozenset({"/health", "/ready"})
 """Probes stay open: a load balancer or kubelet has no key."""
 METRICS_PATH = "/metrics"
+INFLIGHT_PATH = "/slogate/v1/inflight"
+"""What replicas tell each other (:mod:`gateway.backends.peers`): guarded like ``/metrics``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,7 +143,7 @@ class AccessPolicy:
 
     def check(self, path: str, authorization: str | None) -> None:
         """Raise a 401 unless ``authorization`` carries the token ``path`` needs."""
-        if path == METRICS_PATH:
+        if path in (METRICS_PATH, INFLIGHT_PATH):
             if self.metrics_token and not self.metrics_token.accepts(authorization):
                 raise AuthenticationError(
                     "/metrics needs a valid bearer token (Authorization: Bearer <token>)",

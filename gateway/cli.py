@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="a model server (repeatable; NAME=URL names it); adds to the config's endpoints",
     )
+    serve.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="another replica of this gateway in front of the same pods (repeatable): the "
+        "replicas share their in-flight counts; adds to the config's pool.peers.urls",
+    )
     serve.add_argument("--preset", help=f"scheduling preset: {', '.join(preset_names())}")
     serve.add_argument("--host", help="listen address (default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="listen port (default 8080)")
@@ -103,6 +111,9 @@ def serve_config(args: argparse.Namespace) -> GatewayConfig:
     if args.endpoint:
         pool = dataclasses.replace(cfg.pool, endpoints=(*cfg.pool.endpoints, *args.endpoint))
         cfg = dataclasses.replace(cfg, pool=pool)
+    if args.peer:
+        peers = dataclasses.replace(cfg.pool.peers, urls=(*cfg.pool.peers.urls, *args.peer))
+        cfg = dataclasses.replace(cfg, pool=dataclasses.replace(cfg.pool, peers=peers))
     if args.preset:
         cfg = dataclasses.replace(cfg, scheduling=SchedulingConfig(preset=args.preset))
     server = cfg.server

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from config import ConfigError
+from gateway.auth import INFLIGHT_PATH
 from gateway.handlers import inference, info, utility
 from gateway.keys import gateway_key
 
@@ -30,6 +31,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/health", info.health)
     app.router.add_get("/ready", info.ready)
     app.router.add_get("/metrics", info.metrics)
+    app.router.add_get(INFLIGHT_PATH, info.inflight)  # for the other replicas
     # The model servers' utility routes the configuration lets through.
     server = app[gateway_key].cfg.server
     for field, method, handler in (

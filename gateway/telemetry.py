@@ -40,7 +40,15 @@ TOKEN_BUCKETS = (
 )  # fmt: skip
 
 
-BACKGROUND_TASKS = ("scrape", "discovery", "trainer", "health_check", "kubernetes", "reload")
+BACKGROUND_TASKS = (
+    "scrape",
+    "discovery",
+    "trainer",
+    "health_check",
+    "kubernetes",
+    "reload",
+    "peers",
+)
 """The ``task`` label values of ``slogate_background_task_errors_total``."""
 RELOAD_RESULTS = ("applied", "unchanged", "rejected")
 """The ``result`` label values of ``slogate_config_reloads_total``."""
@@ -412,7 +420,8 @@ class PoolCollector(Collector):
         store, now = self._store, self._clock()
         inflight = GaugeMetricFamily(
             "slogate_endpoint_inflight_requests",
-            "Requests dispatched to the endpoint and not finished.",
+            "Requests this gateway dispatched to the endpoint and not finished (other "
+            "replicas' are not counted: sum over replicas).",
             labels=("endpoint",),
         )
         prefill = GaugeMetricFamily(
@@ -447,7 +456,7 @@ class PoolCollector(Collector):
         queue: list[float] = []
         running: list[float] = []
         for endpoint in store.endpoints:
-            load = store.inflight.load(endpoint.name)
+            load = store.inflight.local(endpoint.name)
             inflight.add_metric((endpoint.name,), load.requests)
             prefill.add_metric((endpoint.name,), load.prefill_tokens)
             health = store.health(endpoint.name, now)

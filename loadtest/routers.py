@@ -105,8 +105,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def router_command(arm: Arm, pods: Sequence[Pod], port: int, vllm_router: Path | None) -> list[str]:
-    """The command line that starts ``arm`` in front of ``pods`` on ``port``."""
+def router_command(
+    arm: Arm,
+    pods: Sequence[Pod],
+    port: int,
+    vllm_router: Path | None,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The command line that starts ``arm`` in front of ``pods`` on ``port`` (``extra_args``:
+    more flags, slogate's only)."""
     if arm.kind == SLOGATE:
         endpoints = [flag for p in pods for flag in ("--endpoint", f"{p.name}={p.url}")]
         return [
@@ -123,6 +130,7 @@ def router_command(arm: Arm, pods: Sequence[Pod], port: int, vllm_router: Path |
             "--log-level",
             "warning",
             *endpoints,
+            *extra_args,
         ]
     if vllm_router is None:
         raise RuntimeError(f"vllm-router is not installed: {VLLM_ROUTER_INSTALL}")
@@ -209,11 +217,14 @@ async def running_router(
     log_path: Path,
     vllm_router: Path | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
 ) -> AsyncIterator[RunningRouter]:
     """``arm``'s router in its own process in front of ``pods``, once it is ready; stopped
-    (SIGTERM, then SIGKILL) at the end of the block. Its output goes to ``log_path``."""
-    port = free_port()
-    command = router_command(arm, pods, port, vllm_router)
+    (SIGTERM, then SIGKILL) at the end of the block. Its output goes to ``log_path``.
+    ``port``: where it listens (default: a free one); ``extra_args``: more slogate flags."""
+    port = free_port() if port is None else port
+    command = router_command(arm, pods, port, vllm_router, extra_args)
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     with log_path.open("wb") as log:

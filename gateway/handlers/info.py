@@ -6,6 +6,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.backends.peers import inflight_report
 from gateway.backends.pool_state import describe_pool
 from gateway.keys import gateway_key
 
@@ -54,6 +55,12 @@ async def models(request: web.Request) -> web.Response:
             ],
         }
     )
+
+
+async def inflight(request: web.Request) -> web.Response:
+    """This gateway's own in-flight load per pod, for its peer replicas."""
+    gw = request.app[gateway_key]
+    return web.Response(body=inflight_report(gw.store.inflight), content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:

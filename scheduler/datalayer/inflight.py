@@ -21,6 +21,11 @@ Step timing is reported only while at least one stream from the endpoint has pro
 and not finished: otherwise the endpoint is idle or all its requests are in prefill, and the
 last chunk says nothing about the step in progress.
 
+With more than one gateway replica in front of a pool, each also learns the other replicas' in
+flight counts (:meth:`InflightTracker.set_remote`, from ``gateway.backends.peers``): ``load``
+is the sum, what the pool's pods really hold from all gateways; :meth:`local` is this
+gateway's own part. Step timing and silence stay local (they come from relayed chunks).
+
 The same chunks tell a **silent** endpoint (:meth:`InflightTracker.silent_s`): streamed requests
 in flight on it, and no chunk from any of them for a while (counted from the latest chunk, or
 from when its first stream in flight was dispatched). A model server relays every running
@@ -69,11 +74,13 @@ class _Entry:
 
 
 class InflightTracker:
-    __slots__ = ("_by_request", "_leaving", "_loads", "_steps")
+    __slots__ = ("_by_request", "_leaving", "_loads", "_remote", "_steps")
 
     def __init__(self) -> None:
         self._by_request: dict[str, _Entry] = {}
         self._loads: dict[str, InflightLoad] = {}
+        self._remote: dict[str, InflightLoad] = {}
+        """Per endpoint, the other gateway replicas' in-flight load (their latest reports)."""
         self._steps: dict[str, _Steps] = {}
         self._leaving: set[str] = set()
         """Endpoints removed from the pool with requests still in flight: forgotten at the
@@ -84,14 +91,37 @@ class InflightTracker:
         or, while requests to it are still in flight, when the last of them ends. Without it a
         pool whose pods come and go (a new IP per Kubernetes pod) would keep a record of every
         pod it ever had."""
-        if self.load(endpoint).requests:
+        self._remote.pop(endpoint, None)
+        if self.local(endpoint).requests:
             self._leaving.add(endpoint)
             return
         self._loads.pop(endpoint, None)
         self._steps.pop(endpoint, None)
 
     def load(self, endpoint: str) -> InflightLoad:
+        """The endpoint's in-flight load from every gateway replica (this one's alone when
+        there are no others)."""
+        own = self._loads.get(endpoint, NO_INFLIGHT)
+        if not self._remote:
+            return own
+        other = self._remote.get(endpoint)
+        if other is None:
+            return own
+        return InflightLoad(
+            own.requests + other.requests, own.prefill_tokens + other.prefill_tokens
+        )
+
+    def local(self, endpoint: str) -> InflightLoad:
+        """This gateway's own requests in flight on the endpoint."""
         return self._loads.get(endpoint, NO_INFLIGHT)
+
+    def local_loads(self) -> dict[str, InflightLoad]:
+        """This gateway's own in-flight load per endpoint (what it tells its peers)."""
+        return {e: load for e, load in self._loads.items() if load.requests}
+
+    def set_remote(self, loads: dict[str, InflightLoad]) -> None:
+        """The other replicas' in-flight load per endpoint, summed (replaces the last)."""
+        self._remote = loads
 
     def steps(self, endpoint: str) -> StepTiming | None:
         """A snapshot of the endpoint's step timing, or ``None`` while it is not observable
@@ -127,7 +157,7 @@ class InflightTracker:
             if not steps.streamed:
                 steps.heard_at = now
             steps.streamed += 1
-        cur = self.load(endpoint)
+        cur = self.local(endpoint)
         self._loads[endpoint] = InflightLoad(
             cur.requests + sequences, cur.prefill_tokens + prefill_tokens
         )
@@ -154,7 +184,7 @@ class InflightTracker:
         entry = self._by_request.get(request_id)
         if entry is None or entry.prefill_tokens == 0:
             return
-        cur = self.load(entry.endpoint)
+        cur = self.local(entry.endpoint)
         self._loads[entry.endpoint] = InflightLoad(
             cur.requests, cur.prefill_tokens - entry.prefill_tokens
         )
@@ -168,7 +198,7 @@ class InflightTracker:
             entry.steps.streams -= 1
         if entry.stream:
             entry.steps.streamed -= 1
-        cur = self.load(entry.endpoint)
+        cur = self.local(entry.endpoint)
         self._loads[entry.endpoint] = InflightLoad(
             cur.requests - entry.sequences, cur.prefill_tokens - entry.prefill_tokens
         )
