@@ -351,3 +351,17 @@ def test_every_kustomization_is_rendered_by_some_test() -> None:
         KUSTOMIZE_ROOT / "monitoring",
     }
     assert directories == tested
+
+
+def test_the_replicas_find_each_other(objects: list[Obj]) -> None:
+    """pool.peers selects this Deployment's pods (and no other workload) on its http port, and
+    each pod knows its own name to leave itself out."""
+    peers = gateway_config(objects).pool.peers.kubernetes
+    assert peers is not None
+    deployment = gateway(objects)
+    assert selects(peers.selector, pod_labels(deployment))
+    assert peers.port == port_number(gateway_container(objects), "http")
+    others = [w for w in workloads(objects) if w is not deployment]
+    assert not any(selects(peers.selector, pod_labels(w)) for w in others)
+    env = {e["name"]: e for e in gateway_container(objects).get("env", [])}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
