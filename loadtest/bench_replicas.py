@@ -15,9 +15,9 @@ freshly started fleet of sims:
 
 Same trace rows, arrival times, prompts, seeds and load (the matrix's two phases at 70 % then
 90 % of the fleet's measured capacity, :mod:`loadtest.capacity`) in both runs; predictors
-start cold. The driver is this module's own process (:func:`drive_spread`, the matrix driver's
-loop with one URL per request), used for the single gateway too, so both runs go through the
-same client code. ``--repeats`` runs each pair again (interleaved: 1, N, 1, N, ...) and the
+start cold. The driver is the matrix's (:func:`loadtest.fleet.run_driver`, given every
+replica's URL), used for the single gateway too, so both runs go through the same client
+code. ``--repeats`` runs each pair again (interleaved: 1, N, 1, N, ...) and the
 report takes the median of each metric over the repeats.
 
 On a small machine N gateway processes (each scraping every pod, each training its own
@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import statistics
 import sys
 import tempfile
@@ -55,20 +54,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.capacity import CapacitySpec, capacity
 from loadtest.client import percentile
-from loadtest.fleet import (
-    ClientRecord,
-    PromptMaker,
-    SimSpec,
-    WorkloadSpec,
-    _send,
-    request_body,
-    sim_fleet,
-)
+from loadtest.fleet import SimSpec, WorkloadSpec, run_driver, sim_fleet, target_of
 from loadtest.matrix import (
     ENGINES,
     FLEETS,
@@ -103,77 +93,8 @@ COMPLETIONS = "/v1/completions"
 
 
 def gateway_for(index: int, replicas: int) -> int:
-    """The replica that request ``index`` goes to."""
-    return index % replicas
-
-
-# -- the driver (its own process) ----------------------------------------------------------------
-async def drive_spread(
-    urls: Sequence[str], spec: WorkloadSpec, start_at: float, drain_s: float | None = None
-) -> list[ClientRecord]:
-    """:func:`loadtest.fleet.drive` with one base URL per replica: each arrival leaves at
-    ``start_at + at_s`` for ``urls[gateway_for(index, len(urls))]``."""
-    arrivals = spec.arrivals()
-    prompts = PromptMaker(spec)
-    bodies = [orjson.dumps(request_body(a, prompts.ids(a))) for a in arrivals]
-    targets = [f"{urls[gateway_for(a.index, len(urls))]}{COMPLETIONS}" for a in arrivals]
-    deadline = None if drain_s is None else start_at + spec.duration_s + drain_s
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=300)
-    tasks: list[asyncio.Task[ClientRecord]] = []
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        for arrival, body, url in zip(arrivals, bodies, targets, strict=True):
-            delay = start_at + arrival.at_s - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_send(session, url, arrival, body, deadline)))
-        return list(await asyncio.gather(*tasks))
-
-
-async def run_spread_driver(
-    urls: Sequence[str], spec: WorkloadSpec, *, start_at: float, drain_s: float | None
-) -> list[ClientRecord]:
-    """Run :func:`drive_spread` in its own process and return its records."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "records.json"
-        options = [] if drain_s is None else ["--drain-s", repr(drain_s)]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "loadtest.bench_replicas",
-            "drive",
-            *(flag for url in urls for flag in ("--url", url)),
-            "--spec",
-            spec.to_json(),
-            "--start-at",
-            repr(start_at),
-            "--out",
-            str(out),
-            *options,
-        )
-        if await proc.wait() != 0:
-            raise RuntimeError(f"the driver exited with {proc.returncode}")
-        return [ClientRecord(**r) for r in json.loads(out.read_text())]
-
-
-def drive_main(argv: Sequence[str]) -> int:
-    from gateway.cli import new_event_loop
-
-    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_replicas drive")
-    parser.add_argument("--url", action="append", required=True, help="a gateway's base URL")
-    parser.add_argument("--spec", required=True, help="WorkloadSpec as JSON")
-    parser.add_argument("--start-at", type=float, required=True, help="time.monotonic() of t=0")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--drain-s", type=float)
-    args = parser.parse_args(argv)
-    loop = new_event_loop()
-    try:
-        spec = WorkloadSpec.from_json(args.spec)
-        records = loop.run_until_complete(drive_spread(args.url, spec, args.start_at, args.drain_s))
-    finally:
-        loop.close()
-    args.out.write_text(json.dumps([asdict(r) for r in records]))
-    return 0
+    """The replica request ``index`` goes to (the driver's :func:`loadtest.fleet.target_of`)."""
+    return target_of(index, replicas)
 
 
 # -- one run: N router processes in front of fresh sims ------------------------------------------
@@ -288,7 +209,7 @@ async def run_replicas(
         out.run.ready_after_s = max(r.ready_after_s for r in running)
         out.run.start_at = time.monotonic() + settings.lead_s
         cpu_before = cpu_times()
-        out.run.records = await run_spread_driver(
+        out.run.records = await run_driver(
             [r.url for r in running[:routing]],
             spec,
             start_at=out.run.start_at,
@@ -588,8 +509,6 @@ def print_summary(table: Mapping[str, Mapping[str, float | str]], replicas: int)
 # -- the command ---------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["drive"]:  # the driver process (run_spread_driver)
-        return drive_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.bench_replicas",
         description="Routing quality with N gateway replicas against one.",

@@ -343,8 +343,14 @@ async def _send(
     )
 
 
+def target_of(index: int, targets: int) -> int:
+    """Which of ``targets`` URLs arrival ``index`` goes to: in turn (round robin by request, a
+    stand-in for a Service spreading many clients over gateway replicas)."""
+    return index % targets
+
+
 async def drive(
-    url: str,
+    url: str | Sequence[str],
     spec: WorkloadSpec,
     start_at: float,
     drain_s: float | None = None,
@@ -353,7 +359,9 @@ async def drive(
     """Send every arrival at ``start_at + at_s`` (monotonic) and wait for all of them, or,
     with ``drain_s``, until ``drain_s`` after the workload's end, cancelling what still runs
     then (recorded with ``cut``). ``headers``, one mapping per arrival (by index), are sent
-    with it besides the content type (e.g. latency objectives)."""
+    with it besides the content type (e.g. latency objectives). Several URLs: arrival ``i``
+    goes to ``url[target_of(i, len(url))]``."""
+    urls = [url] if isinstance(url, str) else list(url)
     arrivals = spec.arrivals()
     if headers is not None and len(headers) != len(arrivals):
         raise ValueError(f"{len(headers)} header sets for {len(arrivals)} arrivals")
@@ -371,22 +379,24 @@ async def drive(
             delay = start_at + arrival.at_s - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            target = urls[target_of(arrival.index, len(urls))]
             tasks.append(
-                asyncio.create_task(_send(session, url, arrival, body, deadline, sent_headers))
+                asyncio.create_task(_send(session, target, arrival, body, deadline, sent_headers))
             )
         return list(await asyncio.gather(*tasks))
 
 
 async def run_driver(
-    url: str,
+    url: str | Sequence[str],
     spec: WorkloadSpec,
     *,
     start_at: float,
     drain_s: float | None = None,
     headers: Sequence[Mapping[str, str]] | None = None,
 ) -> list[ClientRecord]:
-    """Run the driver subprocess against ``url`` and return its records (``headers``: extra
-    request headers per arrival, as for :func:`drive`)."""
+    """Run the driver subprocess against ``url`` (or several base URLs, as for :func:`drive`)
+    and return its records (``headers``: extra request headers per arrival)."""
+    urls = [url] if isinstance(url, str) else list(url)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "records.json"
         options = [] if drain_s is None else ["--drain-s", repr(drain_s)]
@@ -399,8 +409,7 @@ async def run_driver(
             "-m",
             "loadtest.fleet",
             "drive",
-            "--url",
-            url,
+            *(flag for u in urls for flag in ("--url", u)),
             "--spec",
             spec.to_json(),
             "--start-at",
@@ -682,7 +691,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     sims = sub.add_parser("sims", help="serve simulated pods until stdin closes")
     sims.add_argument("--spec", required=True, help="SimSpec as JSON")
     drv = sub.add_parser("drive", help="replay a workload and write client records")
-    drv.add_argument("--url", required=True, help="the gateway's base URL")
+    drv.add_argument(
+        "--url", action="append", required=True, help="the gateway's base URL (repeatable)"
+    )
     drv.add_argument("--spec", required=True, help="WorkloadSpec as JSON")
     drv.add_argument("--start-at", type=float, required=True, help="time.monotonic() of t=0")
     drv.add_argument("--out", type=Path, required=True)
@@ -695,10 +706,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             loop.run_until_complete(_serve_sims(SimSpec.from_json(args.spec)))
         else:
             spec = WorkloadSpec.from_json(args.spec)
-            url = f"{args.url}/v1/completions"
+            urls = [f"{u}/v1/completions" for u in args.url]
             headers = None if args.headers is None else json.loads(args.headers.read_text())
             records = loop.run_until_complete(
-                drive(url, spec, args.start_at, args.drain_s, headers)
+                drive(urls, spec, args.start_at, args.drain_s, headers)
             )
             args.out.write_text(json.dumps([asdict(r) for r in records]))
     finally:
