@@ -103,7 +103,8 @@ class Gateway:
             self.predictor.hooks = predictor_metrics
             self.metrics.registry.register(PredictorStateCollector(self.predictor, self.trainer))
         self.limits = RequestLimits.from_config(cfg.server)
-        self.access = AccessPolicy.from_config(cfg, os.environ if environ is None else environ)
+        self._environ = os.environ if environ is None else environ
+        self.access = AccessPolicy.from_config(cfg, self._environ)
         """Client API keys, the /metrics token and the Authorization policy."""
         # A bad CA file or pod token fails here, at start, naming its key.
         self._pod_ssl = pod_ssl(cfg.upstream)
@@ -113,7 +114,6 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._trainer_task: asyncio.Task[None] | None = None
         self._kube_api = deps.kube_api
-        self._environ = os.environ if environ is None else environ
         self.peer_loads: PeerLoads | None = None
         """With ``pool.peers``: the other replicas' in-flight loads (while the app runs)."""
         self.pod_watcher: PodWatcher | None = None
