@@ -69,7 +69,7 @@ from loadtest.matrix import (
     MatrixSettings,
     cell_info,
     describe_load,
-    matrix_cells,
+    matrix_from_args,
     sim_spec,
     workload_spec,
 )
@@ -79,7 +79,6 @@ from loadtest.routers import (
     SLOGATE,
     SLOGATE_ARMS,
     Arm,
-    arm_named,
     free_port,
     running_router,
     slogate_predictor_state,
@@ -538,26 +537,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/bench_replicas.json"))
     args = parser.parse_args(argv)
 
-    def split(text: str) -> list[str]:
-        return [part for part in text.split(",") if part]
-
     try:
         if args.replicas < 2 or args.repeats < 1:
             raise ValueError("--replicas must be at least 2 and --repeats at least 1")
-        cells = matrix_cells(
-            split(args.engines), split(args.fleets), split(args.workloads), ["steady"]
-        )
-        arms = [arm_named(name) for name in split(args.arms)]
+        cells, arms, settings = matrix_from_args(args, ["steady"])
     except ValueError as exc:
         print(f"bench_replicas: {exc}", file=sys.stderr)
         return 2
-    settings = MatrixSettings(
-        duration_s=args.duration_s,
-        drain_s=args.drain_s,
-        seed=args.seed,
-        start_row=args.start_row,
-        recalibrate=args.recalibrate,
-    )
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

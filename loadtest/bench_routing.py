@@ -59,12 +59,13 @@ from loadtest.matrix import (
     SCENARIOS,
     WORKLOADS,
     MatrixSettings,
-    matrix_cells,
+    matrix_from_args,
     run_matrix,
+    split_list,
 )
 from loadtest.matrix_report import cell_report, print_cell, print_summary, summary_table
 from loadtest.report import write_report
-from loadtest.routers import ARMS, VLLM_ROUTER_INSTALL, arm_named, find_vllm_router
+from loadtest.routers import ARMS, VLLM_ROUTER_INSTALL, find_vllm_router
 
 PRESETS = ("predicted-latency", "load-prefix", "least-request", "round-robin")
 BASELINE = "load-prefix"
@@ -257,24 +258,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_matrix_command(args: argparse.Namespace) -> int:
-    def split(text: str) -> list[str]:
-        return [part for part in text.split(",") if part]
-
     try:
-        cells = matrix_cells(
-            split(args.engines), split(args.fleets), split(args.workloads), split(args.scenarios)
-        )
-        arms = [arm_named(name) for name in split(args.arms)]
+        cells, arms, settings = matrix_from_args(args, split_list(args.scenarios))
     except ValueError as exc:
         print(f"bench_routing: {exc}", file=sys.stderr)
         return 2
-    settings = MatrixSettings(
-        duration_s=args.duration_s,
-        drain_s=args.drain_s,
-        seed=args.seed,
-        start_row=args.start_row,
-        recalibrate=args.recalibrate,
-    )
     if any(a.is_peer for a in arms) and find_vllm_router() is None:
         print(
             f"vllm-router is not installed; its arms are skipped. To include them: "

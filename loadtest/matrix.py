@@ -22,6 +22,7 @@ and every router drowns alike); before the slowdown the load is lighter, and
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import math
@@ -36,7 +37,13 @@ import aiohttp
 
 from loadtest.capacity import Capacity, CapacitySpec, capacity
 from loadtest.fleet import ClientRecord, Phase, Pod, SimSpec, WorkloadSpec, run_driver, sim_fleet
-from loadtest.routers import Arm, find_vllm_router, running_router, slogate_predictor_state
+from loadtest.routers import (
+    Arm,
+    arm_named,
+    find_vllm_router,
+    running_router,
+    slogate_predictor_state,
+)
 from loadtest.simctl import (
     CounterSample,
     CounterSampler,
@@ -119,6 +126,31 @@ def matrix_cells(
         for fleet in fleets
         for scenario in scenarios
     ]
+
+
+def split_list(text: str) -> list[str]:
+    """A comma-separated command-line list (empty parts ignored)."""
+    return [part for part in text.split(",") if part]
+
+
+def matrix_from_args(
+    args: argparse.Namespace, scenarios: Sequence[str]
+) -> tuple[list[Cell], list[Arm], MatrixSettings]:
+    """The cells, arms and settings the matrix flags (``--engines``, ``--fleets``,
+    ``--workloads``, ``--arms``, ``--duration-s``, ``--drain-s``, ``--seed``, ``--start-row``,
+    ``--recalibrate``) ask for. Raises ``ValueError`` naming an unknown one."""
+    cells = matrix_cells(
+        split_list(args.engines), split_list(args.fleets), split_list(args.workloads), scenarios
+    )
+    arms = [arm_named(name) for name in split_list(args.arms)]
+    settings = MatrixSettings(
+        duration_s=args.duration_s,
+        drain_s=args.drain_s,
+        seed=args.seed,
+        start_row=args.start_row,
+        recalibrate=args.recalibrate,
+    )
+    return cells, arms, settings
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
