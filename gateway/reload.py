@@ -33,10 +33,10 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from config import ConfigError, GatewayConfig
 from gateway.auth import AccessPolicy
@@ -197,17 +197,16 @@ class ConfigReloader:
         for name in self._files(cfg):
             sha.update(name.encode())
             sha.update(b"\0")
-            for chunk in _read(name):
-                sha.update(chunk)
+            sha.update(_contents(name))
             sha.update(b"\0")
         return sha.hexdigest()
 
 
-def _read(name: str) -> Iterator[bytes]:
+def _contents(name: str) -> bytes:
     try:
-        yield Path(name).read_bytes()
+        return Path(name).read_bytes()
     except OSError as exc:  # gone or unreadable: a state like any other, compared as such
-        yield f"<{type(exc).__name__}>".encode()
+        return f"<{type(exc).__name__}>".encode()
 
 
 def _set_root_level(level: str) -> None:
@@ -219,7 +218,7 @@ def watched_files(config_path: str | None) -> Callable[[GatewayConfig], list[str
 
     def files(cfg: GatewayConfig) -> list[str]:
         server = cfg.server
-        named: list[Any] = [config_path, server.api_keys_file, server.metrics_token_file]
-        return [str(n) for n in named if n]
+        named = (config_path, server.api_keys_file, server.metrics_token_file)
+        return [n for n in named if n]
 
     return files
