@@ -63,7 +63,13 @@ from loadtest.matrix import (
     run_matrix,
     split_list,
 )
-from loadtest.matrix_report import cell_report, print_cell, print_summary, summary_table
+from loadtest.matrix_report import (
+    cell_report,
+    print_cell,
+    print_summary,
+    summary_runs,
+    summary_table,
+)
 from loadtest.report import write_report
 from loadtest.routers import ARMS, VLLM_ROUTER_INSTALL, find_vllm_router
 
@@ -199,6 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     matrix.add_argument(
         "--recalibrate", action="store_true", help="measure capacities again, not from cache"
     )
+    matrix.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run each cell this many times (arms in reverse order on every second run); "
+        "the summary gives the median ratio and every run's",
+    )
     matrix.add_argument("--log-dir", type=Path, help="keep each router's log here")
     matrix.add_argument(
         "--matrix-out", type=Path, default=Path("results/bench_routing_matrix.json")
@@ -263,6 +276,9 @@ def run_matrix_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"bench_routing: {exc}", file=sys.stderr)
         return 2
+    if args.repeats < 1:
+        print("bench_routing: --repeats must be at least 1", file=sys.stderr)
+        return 2
     if any(a.is_peer for a in arms) and find_vllm_router() is None:
         print(
             f"vllm-router is not installed; its arms are skipped. To include them: "
@@ -277,7 +293,14 @@ def run_matrix_command(args: argparse.Namespace) -> int:
     loop = new_event_loop()
     try:
         runs = loop.run_until_complete(
-            run_matrix(cells, arms, settings, log_dir=args.log_dir, progress=progress)
+            run_matrix(
+                cells,
+                arms,
+                settings,
+                log_dir=args.log_dir,
+                progress=progress,
+                repeats=args.repeats,
+            )
         )
     finally:
         loop.close()
@@ -286,11 +309,14 @@ def run_matrix_command(args: argparse.Namespace) -> int:
     for report in reports:
         print_cell(report, labels)
     table = summary_table(reports)
-    print_summary(table, labels)
+    by_run = summary_runs(reports)
+    print_summary(table, labels, runs=by_run)
     if any(a.is_peer for a in arms) and find_vllm_router() is None:
         print(f"\nvllm-router arms skipped: not installed. To include them: {VLLM_ROUTER_INSTALL}")
     print(
-        f"\n{len(cells)} cells x {len(arms)} arms in {(time.monotonic() - started) / 60:.1f} min; "
+        f"\n{len(cells)} cells x {len(arms)} arms"
+        + (f" x {args.repeats} runs" if args.repeats > 1 else "")
+        + f" in {(time.monotonic() - started) / 60:.1f} min; "
         f"{settings.duration_s:g} s driven per arm (half at each load), drain up to "
         f"{settings.drain_s:g} s; slowdown at {settings.slowdown_s:g} s"
     )
@@ -301,6 +327,7 @@ def run_matrix_command(args: argparse.Namespace) -> int:
         settings=asdict(settings),
         arms={a.name: {"kind": a.kind, "setting": a.setting, "label": a.label} for a in arms},
         summary=table,
+        summary_runs=by_run,
         cells=reports,
     )
     return 0

@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ import aiohttp
 from loadtest.capacity import Capacity, CapacitySpec, capacity
 from loadtest.fleet import ClientRecord, Phase, Pod, SimSpec, WorkloadSpec, run_driver, sim_fleet
 from loadtest.routers import (
+    SLOGATE,
     Arm,
     arm_named,
     find_vllm_router,
@@ -265,6 +267,8 @@ class CellRun:
     load: str = ""
     arms: list[ArmRun] = field(default_factory=list)
     skipped: str | None = None
+    repeat: int = 0
+    """Which run of the cell this is (``run_matrix``'s ``repeats``), from 0."""
 
 
 async def run_arm(
@@ -276,6 +280,7 @@ async def run_arm(
     *,
     log_dir: Path,
     vllm_router: Path | None,
+    repeat: int = 0,
 ) -> ArmRun:
     started = time.monotonic()
     out = ArmRun(arm=arm)
@@ -285,7 +290,7 @@ async def run_arm(
         if cell.scenario == "slowdown" and not await has_speed_control(control, slowed):
             out.skipped = "this simulator has no POST /sim/speed"
             return out
-        log_path = log_dir / f"{cell.key.replace('/', '_')}_{arm.name.replace(':', '_')}.log"
+        log_path = log_dir / log_name(cell, arm, repeat)
         async with running_router(arm, pods, log_path=log_path, vllm_router=vllm_router) as rr:
             out.ready_after_s = rr.ready_after_s
             out.start_at = time.monotonic() + settings.lead_s
@@ -317,12 +322,24 @@ async def run_arm(
                     with contextlib.suppress(asyncio.CancelledError):
                         await slowdown
             out.samples = sampler.samples
-            if arm.setting == "predicted-latency":
+            if arm.kind == SLOGATE:
                 out.router_state = await slogate_predictor_state(control, rr.url)
             stats = await asyncio.gather(*(pod_stats(control, p) for p in pods))
             out.final = {p.name: counters_from_stats(s) for p, s in zip(pods, stats, strict=True)}
     out.wall_s = time.monotonic() - started
     return out
+
+
+def arm_order(arms: Sequence[Arm], repeat: int) -> list[Arm]:
+    """The order the arms of a cell's run ``repeat`` (from 0) go in: as given, reversed on
+    every second run."""
+    return list(arms) if repeat % 2 == 0 else list(reversed(arms))
+
+
+def log_name(cell: Cell, arm: Arm, repeat: int = 0) -> str:
+    """The file name of an arm's router log: cell, arm and run, as one safe name."""
+    name = f"{cell.key}_{arm.name}" + (f"_run{repeat + 1}" if repeat else "")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".log"
 
 
 async def _slow_down_at(
@@ -339,9 +356,13 @@ async def run_cell(
     *,
     log_dir: Path,
     progress: Callable[[str], None] = print,
+    repeat: int = 0,
 ) -> CellRun:
+    """Every arm on the cell, one after the other; on an odd ``repeat`` in the reverse order
+    (the machine's state drifts over a run: alternating keeps it from favouring one arm), the
+    results in the order of ``arms`` either way."""
     sims = sim_spec(cell, settings)
-    out = CellRun(cell=cell, sims=sims)
+    out = CellRun(cell=cell, sims=sims, repeat=repeat)
     try:
         sims.sim_config_fields()
     except ValueError as exc:
@@ -361,18 +382,28 @@ async def run_cell(
     out.workload = workload_spec(cell, settings, cap.rps_per_speed * sum(sims.speeds))
     out.load = describe_load(cell, settings, cap)
     vllm_router = find_vllm_router()
-    for arm in arms:
+    for arm in arm_order(arms, repeat):
         if arm.is_peer and vllm_router is None:
             out.arms.append(ArmRun(arm=arm, skipped="vllm-router is not installed"))
             continue
-        progress(f"  {cell.key}: {arm.name} ...")
+        suffix = f" (run {repeat + 1})" if repeat else ""
+        progress(f"  {cell.key}: {arm.name}{suffix} ...")
         try:
             run = await run_arm(
-                arm, cell, sims, out.workload, settings, log_dir=log_dir, vllm_router=vllm_router
+                arm,
+                cell,
+                sims,
+                out.workload,
+                settings,
+                log_dir=log_dir,
+                vllm_router=vllm_router,
+                repeat=repeat,
             )
         except (RuntimeError, OSError, aiohttp.ClientError) as exc:
             run = ArmRun(arm=arm, skipped=f"failed: {exc}")
         out.arms.append(run)
+    order = {arm.name: i for i, arm in enumerate(arms)}
+    out.arms.sort(key=lambda run: order[run.arm.name])
     return out
 
 
@@ -383,8 +414,10 @@ async def run_matrix(
     *,
     log_dir: Path | None = None,
     progress: Callable[[str], None] = print,
+    repeats: int = 1,
 ) -> list[CellRun]:
-    """Run every cell; router logs go to ``log_dir`` (a temporary directory by default)."""
+    """Run every cell ``repeats`` times in a row (one ``CellRun`` per run); router logs go to
+    ``log_dir`` (a temporary directory by default)."""
     with contextlib.ExitStack() as stack:
         if log_dir is None:
             log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -392,7 +425,12 @@ async def run_matrix(
         out = []
         for cell in cells:
             progress(f"cell {cell.key}")
-            out.append(await run_cell(cell, arms, settings, log_dir=log_dir, progress=progress))
+            for repeat in range(repeats):
+                out.append(
+                    await run_cell(
+                        cell, arms, settings, log_dir=log_dir, progress=progress, repeat=repeat
+                    )
+                )
         return out
 
 

@@ -22,6 +22,7 @@ records.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -209,7 +210,12 @@ def headline_adapt(adapt: Mapping[str, Any]) -> dict[str, Any]:
 
 def cell_report(run: CellRun, settings: MatrixSettings) -> dict[str, Any]:
     """Everything about one cell for the JSON report and the tables."""
-    report: dict[str, Any] = {"cell": run.cell.key, **cell_info(run), "arms": {}}
+    report: dict[str, Any] = {
+        "cell": run.cell.key,
+        "repeat": run.repeat,
+        **cell_info(run),
+        "arms": {},
+    }
     summaries: dict[str, dict[str, Any]] = {}
     for arm_run in run.arms:
         entry: dict[str, Any] = {"kind": arm_run.arm.kind, "setting": arm_run.arm.setting}
@@ -241,7 +247,8 @@ def _fmt(value: float, scale: float) -> str:
 
 
 def print_cell(report: Mapping[str, Any], labels: Mapping[str, str], width: int = 16) -> None:
-    print(f"\n== {report['cell']}")
+    repeat = report.get("repeat", 0)
+    print(f"\n== {report['cell']}" + (f" (run {repeat + 1})" if repeat else ""))
     if report.get("skipped"):
         print(f"   skipped: {report['skipped']}")
         return
@@ -315,28 +322,60 @@ def _adapt_cell(view: Mapping[str, Any]) -> str:
     return f"{fmt(view['adapt_s'])}/{fmt(view.get('settled_s'))} ({tag})"
 
 
-def summary_table(reports: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | str]]:
-    """Rows = cells, columns = arms: p90 TTFT as a ratio to the cell's best peer."""
-    table: dict[str, dict[str, float | str]] = {}
+def summary_runs(reports: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per cell, per arm: p90 TTFT as a ratio to the best peer of each run of the cell, in run
+    order (``nan`` when the run had no peer; ``"skipped"`` when the arm never ran); and the
+    skip reason and best peer of each run."""
+    out: dict[str, dict[str, Any]] = {}
     for report in reports:
-        row: dict[str, float | str] = {}
+        row = out.setdefault(report["cell"], {"arms": {}, "best_peer": [], "skipped": None})
         if report.get("skipped"):
             row["skipped"] = report["skipped"]
+        row["best_peer"].append(report.get("best_peer") or "-")
         for name, entry in report.get("arms", {}).items():
-            if "skipped" in entry:
+            values = row["arms"].setdefault(name, [])
+            if "skipped" not in entry:
+                values.append(report["ratios"].get(name, {}).get(RANKED_BY, math.nan))
+    return out
+
+
+def summary_table(reports: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | str]]:
+    """Rows = cells, columns = arms: p90 TTFT as a ratio to the cell's best peer; the median
+    over the cell's runs when it ran more than once (each run's ratio is to that run's best
+    peer, so a run is compared with itself). The best peer named is the most frequent one."""
+    table: dict[str, dict[str, float | str]] = {}
+    for cell, runs in summary_runs(reports).items():
+        row: dict[str, float | str] = {}
+        if runs["skipped"]:
+            row["skipped"] = runs["skipped"]
+        for name, values in runs["arms"].items():
+            known = sorted(v for v in values if not math.isnan(v))
+            if not values:
                 row[name] = "skipped"
+            elif not known:
+                row[name] = math.nan
             else:
-                row[name] = report["ratios"].get(name, {}).get(RANKED_BY, math.nan)
-        row["best_peer"] = report.get("best_peer") or "-"
-        table[report["cell"]] = row
+                row[name] = statistics.median(known)
+        row["best_peer"] = Counter(runs["best_peer"]).most_common(1)[0][0]
+        table[cell] = row
     return table
 
 
 def print_summary(
-    table: Mapping[str, Mapping[str, float | str]], labels: Mapping[str, str], width: int = 16
+    table: Mapping[str, Mapping[str, float | str]],
+    labels: Mapping[str, str],
+    width: int = 16,
+    runs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
+    """The summary table; with ``runs`` (:func:`summary_runs`) of cells run more than once, the
+    median and then every run's ratio."""
     names = list(dict.fromkeys(n for row in table.values() for n in row if n in labels))
-    print("\np90 TTFT / best vllm-router policy's p90 TTFT (lower is better; 1.00 = the best peer)")
+    repeated = runs is not None and any(len(r["best_peer"]) > 1 for r in runs.values())
+    what = "median over runs of " if repeated else ""
+    print(
+        f"\n{what}p90 TTFT / best vllm-router policy's p90 TTFT "
+        "(lower is better; 1.00 = the best peer)"
+    )
     print(f"{'cell':<36}" + "".join(f"{labels[n]:>{width}}" for n in names) + "  best peer")
     for cell, row in table.items():
         if "skipped" in row:
@@ -350,3 +389,14 @@ def print_summary(
             else:
                 cells.append("-" if math.isnan(value) else f"{value:.2f}")
         print(f"{cell:<36}" + "".join(f"{c:>{width}}" for c in cells) + f"  {row['best_peer']}")
+    if not repeated or runs is None:
+        return
+    print("\neach run's ratio, in run order")
+    for cell, run in runs.items():
+        if run["skipped"]:
+            continue
+        cells = [
+            "/".join("-" if math.isnan(v) else f"{v:.2f}" for v in run["arms"].get(n, []))
+            for n in names
+        ]
+        print(f"{cell:<36}" + "".join(f"{c:>{width}}" for c in cells))

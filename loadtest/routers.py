@@ -56,6 +56,10 @@ class Arm:
     """The slogate preset or the vllm-router policy."""
     label: str
     """Short column header."""
+    config: str | None = None
+    """slogate only: a configuration file passed as ``--config`` (the preset and the
+    endpoints still come from the command line), to compare settings a preset cannot hold
+    (the predictor's, for one)."""
 
     @property
     def is_peer(self) -> bool:
@@ -78,15 +82,23 @@ ARMS = SLOGATE_ARMS + PEER_ARMS
 
 def arm_named(name: str) -> Arm:
     """An arm by its full name, or a vllm-router policy by the policy alone; ``slogate:PRESET``
-    is slogate with any preset of ``config/presets``."""
+    is slogate with any preset of ``config/presets``, and ``slogate:PRESET@FILE`` the same
+    with ``--config FILE`` (a gateway configuration file, which must exist)."""
     for arm in ARMS:
         if name in (arm.name, arm.label) or (arm.is_peer and name == arm.setting):
             return arm
     kind, _, setting = name.partition(":")
-    if kind == SLOGATE and setting:
-        return Arm(name, SLOGATE, setting, f"sg:{Path(setting).stem[:12]}")
+    preset, _, config = setting.partition("@")
+    if kind == SLOGATE and preset:
+        label = f"sg:{preset[:12]}"
+        if config:
+            if not Path(config).is_file():
+                raise ValueError(f"arm {name!r}: no configuration file {config!r}")
+            label = f"sg:{preset[:6]}@{Path(config).stem[:6]}"
+        return Arm(name, SLOGATE, preset, label, config or None)
     raise ValueError(
-        f"unknown arm {name!r}; choose from {', '.join(a.name for a in ARMS)} or slogate:PRESET"
+        f"unknown arm {name!r}; choose from {', '.join(a.name for a in ARMS)}, "
+        "slogate:PRESET or slogate:PRESET@CONFIG_FILE"
     )
 
 
@@ -130,6 +142,7 @@ def router_command(
             "--log-level",
             "warning",
             *endpoints,
+            *(("--config", arm.config) if arm.config else ()),
             *extra_args,
         ]
     if vllm_router is None:

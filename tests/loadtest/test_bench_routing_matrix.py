@@ -14,7 +14,9 @@ from loadtest.matrix import (
     Cell,
     CellRun,
     MatrixSettings,
+    arm_order,
     describe_load,
+    log_name,
     matrix_cells,
     slowed_pod,
     workload_spec,
@@ -25,7 +27,9 @@ from loadtest.matrix_report import (
     arm_summary,
     best_peer,
     cell_report,
+    print_summary,
     ratios_to,
+    summary_runs,
     summary_table,
     time_to_adapt,
     time_to_settle,
@@ -112,6 +116,71 @@ def test_router_commands_name_every_pod() -> None:
     assert peer[peer.index("--policy") + 1] == "power_of_two"
     with pytest.raises(RuntimeError, match="pip install"):
         router_command(arm_named("power_of_two"), PODS, 9000, None)
+
+
+def test_a_slogate_arm_can_add_a_configuration_file(tmp_path: Path) -> None:
+    config = tmp_path / "mean.yaml"
+    config.write_text("predictor:\n  objective: mean\n")
+    arm = arm_named(f"slogate:predicted-latency@{config}")
+    assert (arm.kind, arm.setting, arm.config) == ("slogate", "predicted-latency", str(config))
+    assert arm.label == "sg:predic@mean"
+    command = router_command(arm, PODS, 9000, None)
+    assert command[command.index("--config") + 1] == str(config)
+    assert command[command.index("--preset") + 1] == "predicted-latency"
+    assert "--config" not in router_command(arm_named("slogate:load-prefix"), PODS, 9000, None)
+    with pytest.raises(ValueError, match="no configuration file"):
+        arm_named(f"slogate:load-prefix@{tmp_path / 'missing.yaml'}")
+
+
+def test_repeated_runs_alternate_the_arm_order_and_keep_their_logs_apart() -> None:
+    arms = [arm_named(n) for n in ("predicted-latency", "power_of_two", "cache_aware")]
+    assert arm_order(arms, 0) == arms
+    assert arm_order(arms, 1) == arms[::-1]
+    assert arm_order(arms, 2) == arms
+    cell = Cell("vllm", "hetero", "azure-conv", "steady")
+    config_arm = arm_named("slogate:load-prefix@config/examples/gateway.yaml")
+    names = {log_name(cell, a, r) for a in (*arms, config_arm) for r in (0, 1)}
+    assert len(names) == 8
+    assert all("/" not in n and ":" not in n and n.endswith(".log") for n in names)
+
+
+def _report(cell: str, repeat: int, ratios: dict[str, float], best: str) -> dict[str, object]:
+    return {
+        "cell": cell,
+        "repeat": repeat,
+        "arms": {name: {"summary": {}} for name in ratios},
+        "best_peer": best,
+        "ratios": {name: {"ttft_p90_s": value} for name, value in ratios.items()},
+    }
+
+
+def test_a_cell_run_several_times_is_summarised_by_the_median_ratio(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    p2c, ca = "vllm-router:power_of_two", "vllm-router:cache_aware"
+    reports = [
+        _report("c", 0, {"predicted-latency": 0.8, p2c: 1.0, ca: 1.2}, p2c),
+        _report("c", 1, {"predicted-latency": 1.4, p2c: 1.1, ca: 1.0}, ca),
+        _report("c", 2, {"predicted-latency": 0.9, p2c: 1.0, ca: 1.3}, p2c),
+        _report("d", 0, {"predicted-latency": 0.7, p2c: 1.0}, p2c),
+    ]
+    runs = summary_runs(reports)
+    assert runs["c"]["arms"]["predicted-latency"] == [0.8, 1.4, 0.9]
+    assert runs["c"]["best_peer"] == [p2c, ca, p2c]
+    table = summary_table(reports)
+    assert table["c"]["predicted-latency"] == 0.9
+    assert table["c"][ca] == 1.2
+    assert table["c"]["best_peer"] == p2c
+    assert table["d"]["predicted-latency"] == 0.7
+    labels = {"predicted-latency": "sg:pred-lat", p2c: "vr:p2c", ca: "vr:ca"}
+    print_summary(table, labels, runs=runs)
+    out = capsys.readouterr().out
+    assert "median over runs" in out
+    assert "0.80/1.40/0.90" in out
+    print_summary(summary_table(reports[3:]), labels, runs=summary_runs(reports[3:]))
+    out = capsys.readouterr().out
+    assert "median" not in out
+    assert "each run" not in out
 
 
 def test_the_best_peer_has_the_lowest_p90_ttft_and_ratios_are_to_it() -> None:

@@ -53,6 +53,12 @@ async def test_a_slogate_arm_in_its_own_process(tmp_path: Path) -> None:
     await run_smoke(arm_named("predicted-latency"), tmp_path)
 
 
+async def test_a_slogate_arm_with_its_own_configuration_file(tmp_path: Path) -> None:
+    config = tmp_path / "mean.yaml"
+    config.write_text("predictor:\n  objective: mean\n")
+    await run_smoke(arm_named(f"slogate:predicted-latency@{config}"), tmp_path)
+
+
 @pytest.mark.skipif(find_vllm_router() is None, reason="vllm-router is not installed")
 async def test_a_vllm_router_arm_in_its_own_process(tmp_path: Path) -> None:
     await run_smoke(arm_named("round_robin"), tmp_path)
