@@ -324,8 +324,8 @@ def _adapt_cell(view: Mapping[str, Any]) -> str:
 
 def summary_runs(reports: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per cell, per arm: p90 TTFT as a ratio to the best peer of each run of the cell, in run
-    order (``nan`` when the run had no peer; ``"skipped"`` when the arm never ran); and the
-    skip reason and best peer of each run."""
+    order (``nan`` when the run had no peer; no value for a run the arm was skipped in); and
+    the skip reason and best peer of each run."""
     out: dict[str, dict[str, Any]] = {}
     for report in reports:
         row = out.setdefault(report["cell"], {"arms": {}, "best_peer": [], "skipped": None})
