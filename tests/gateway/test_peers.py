@@ -83,6 +83,18 @@ def gw(server: TestServer) -> Gateway:
     return server.app[gateway_key]
 
 
+async def long_stream_heard(
+    one: TestServer, two: TestServer, tokens: int
+) -> tuple[asyncio.Task[str], str]:
+    """A stream of ``tokens`` through replica one, once replica two counts it: the running
+    stream and the pod it went to."""
+    long = asyncio.create_task(stream(one, tokens))
+    await until(lambda: len(gw(one).store.inflight) == 1, "the stream is running")
+    busy = next(n for n in ("pod-a", "pod-b") if gw(one).store.inflight.local(n).requests)
+    await until(lambda: gw(two).store.inflight.load(busy).requests == 1, "two hears of it")
+    return long, busy
+
+
 async def test_each_replica_routes_on_what_the_other_has_in_flight(
     pods: list[SimServer],
     aiohttp_server: AiohttpServer,
@@ -90,11 +102,8 @@ async def test_each_replica_routes_on_what_the_other_has_in_flight(
 ) -> None:
     one, two = await two_replicas(pods, aiohttp_server, unused_tcp_port_factory)
     # Replica one puts a long stream on a pod; replica two has nothing in flight itself.
-    long = asyncio.create_task(stream(one, 300))
-    await until(lambda: len(gw(one).store.inflight) == 1, "the stream is running")
-    busy = next(n for n in ("pod-a", "pod-b") if gw(one).store.inflight.local(n).requests)
+    long, busy = await long_stream_heard(one, two, 300)
     idle = "pod-b" if busy == "pod-a" else "pod-a"
-    await until(lambda: gw(two).store.inflight.load(busy).requests == 1, "two hears of it")
     assert gw(two).store.inflight.local(busy).requests == 0
 
     # Least-request on replica two now avoids the pod replica one loaded.
@@ -119,10 +128,7 @@ async def test_a_peer_that_goes_away_stops_counting(
     unused_tcp_port_factory: Callable[[], int],
 ) -> None:
     one, two = await two_replicas(pods, aiohttp_server, unused_tcp_port_factory)
-    long = asyncio.create_task(stream(one, 400))
-    await until(lambda: len(gw(one).store.inflight) == 1, "the stream is running")
-    busy = next(n for n in ("pod-a", "pod-b") if gw(one).store.inflight.local(n).requests)
-    await until(lambda: gw(two).store.inflight.load(busy).requests == 1, "two hears of it")
+    long, busy = await long_stream_heard(one, two, 400)
 
     long.cancel()
     await one.close()  # replica one is gone: its last report expires
@@ -143,8 +149,5 @@ async def test_the_report_needs_the_metrics_token_when_one_is_set(
         assert resp.status == 401
         assert "error" in orjson.loads(await resp.read())
     # The replicas present it to each other.
-    long = asyncio.create_task(stream(one, 300))
-    await until(lambda: len(gw(one).store.inflight) == 1, "the stream is running")
-    busy = next(n for n in ("pod-a", "pod-b") if gw(one).store.inflight.local(n).requests)
-    await until(lambda: gw(two).store.inflight.load(busy).requests == 1, "two hears of it")
+    long, _ = await long_stream_heard(one, two, 300)
     await long
